@@ -1,0 +1,1 @@
+"""Hook plugins, one file each; each has its config in conf/plugins/<name>.yaml."""

@@ -1,0 +1,64 @@
+"""grad_logger: gradient norms per layer, at the layer's output and of its parameters, with an EMA."""
+
+import torch
+from torch import Tensor, nn
+
+from hooktrain.errors import check_in_range
+from hooktrain.plugin import HookContext, HookPlugin
+
+
+class GradLogger(HookPlugin):
+    """Logs per-layer gradient norms (at the output and of the parameters) with their EMA, and gradient histograms.
+
+    Hooks: a full backward hook reads ``grad_output[0]``, the gradient of the loss at the module's
+    output (``grad_input`` is ``None`` for the first layer, whose input needs no gradient). Parameter
+    gradient norms are read when the step's gradients are final. Gradients are unscaled first under
+    mixed precision.
+
+    Buffers (``plugin_state.grad_logger.*``, saved in checkpoints): ``ema_grad_norm`` and
+    ``ema_param_grad_norm``, one value per selected module, and ``updates``, the steps folded in.
+
+    Args:
+        ema_decay: weight of the past in the moving averages, in [0, 1).
+        histograms: also log histograms of the gradients at each module's output.
+        **kwargs: ``every_n_steps``, ``targets``, ``types`` of :class:`HookPlugin`.
+    """
+
+    def __init__(self, ema_decay: float = 0.9, histograms: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.ema_decay = check_in_range(self.field("ema_decay"), ema_decay, 0.0, 1.0)
+        self.histograms = bool(histograms)
+
+    def setup(self, state: nn.Module, module_names: list[str]) -> None:
+        state.register_buffer("ema_grad_norm", torch.zeros(len(module_names)))
+        state.register_buffer("ema_param_grad_norm", torch.zeros(len(module_names)))
+        state.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def backward(self, ctx: HookContext, module: nn.Module, grad_input: tuple, grad_output: tuple) -> None:
+        grad = grad_output[0]
+        if grad is None:
+            return
+        grad = ctx.unscale(grad)
+        ctx.record("grad_norm", torch.linalg.vector_norm(grad))
+        if self.histograms:
+            ctx.record_histogram("grad", grad)
+
+    def before_optimizer_step(self, ctx: HookContext, module: nn.Module) -> None:
+        grads = [param.grad for param in module.parameters() if param.grad is not None]
+        if grads:
+            norms = torch.stack([torch.linalg.vector_norm(grad) for grad in grads])
+            ctx.record("param_grad_norm", torch.linalg.vector_norm(norms))
+
+    def update(self, state: nn.Module, stats: dict[str, Tensor]) -> dict[str, Tensor]:
+        first = state.updates == 0
+        averages = {}
+        for stat in ("grad_norm", "param_grad_norm"):
+            if stat not in stats:
+                continue
+            ema = state.get_buffer(f"ema_{stat}")
+            value = stats[stat]
+            blended = torch.where(first, value, torch.lerp(value, ema, self.ema_decay))
+            ema.copy_(torch.where(torch.isnan(value), ema, blended))  # in place: DDP broadcasts buffers
+            averages[f"ema_{stat}"] = ema
+        state.updates.add_(1)
+        return averages

@@ -1,0 +1,28 @@
+"""``python -m hooktrain plugins``: lists the plugins that ``plugins=[...]`` accepts."""
+
+import argparse
+from pathlib import Path
+
+from hooktrain.errors import HooktrainError
+from hooktrain.registry import available_plugins
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hooktrain", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("plugins", help="list the available plugins, their description and parameters")
+    listing.add_argument("--config-dir", type=Path, default=Path("conf"), help="the config folder (default: ./conf)")
+    args = parser.parse_args(argv)
+    try:
+        plugins = available_plugins(args.config_dir)
+    except HooktrainError as error:
+        raise SystemExit(f"error: {error}") from None
+    for info in plugins:
+        print(f"{info.name}  ({info.target})\n    {info.description}")
+        for parameter in info.parameters:
+            print(f"      {parameter}")
+    print(f"\nuse: python train.py plugins=[{','.join(info.name for info in plugins)}] plugins.<name>.<parameter>=<value>")
+
+
+if __name__ == "__main__":
+    main()

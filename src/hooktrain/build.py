@@ -1,0 +1,40 @@
+"""Config nodes to objects through hydra.utils.instantiate, with failures turned into one sentence."""
+
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from hooktrain.errors import HooktrainError
+from hooktrain.plugin import HookPlugin
+
+
+def build(node: DictConfig, field: str, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)``; a failure becomes a HooktrainError naming ``field``."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, HooktrainError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        root = error
+        while root.__cause__ is not None:
+            root = root.__cause__
+        detail = f"{type(root).__name__}: {root}" if root is not error else str(error).splitlines()[0]
+        raise HooktrainError(f"cannot build `{field}` ({node.get('_target_')}): {detail}") from error
+
+
+def build_plugins(nodes: DictConfig | None) -> list[HookPlugin]:
+    """One plugin per key of ``plugins``; the key becomes the plugin's name."""
+    plugins = []
+    for name, node in (nodes or {}).items():
+        plugin = build(node, f"plugins.{name}", name=name)
+        if not isinstance(plugin, HookPlugin):
+            raise HooktrainError(
+                f"`plugins.{name}._target_` must name a subclass of hooktrain.HookPlugin, got {type(plugin).__name__}"
+            )
+        plugins.append(plugin)
+    return plugins

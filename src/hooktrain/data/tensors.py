@@ -1,0 +1,81 @@
+"""TensorDataModule: in-memory images and labels, split by seed, normalized with training statistics."""
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from hooktrain.errors import HooktrainError, check_in_range, check_positive_int
+
+
+class TensorDataModule(pl.LightningDataModule):
+    """Base of data modules whose whole data set fits in memory; subclasses implement :meth:`load`.
+
+    The split is a permutation drawn from ``seed`` alone, so it is the same in every run and on
+    every rank. Images are standardized with the mean and std of the training split.
+
+    Args:
+        batch_size: samples per training batch.
+        val_fraction: share of samples held out for validation.
+        test_fraction: share of samples held out for the final test.
+        seed: seed of the split.
+        num_workers: DataLoader worker processes (0 suits in-memory data).
+    """
+
+    num_classes: int
+
+    def __init__(
+        self, batch_size: int = 64, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0, num_workers: int = 0
+    ) -> None:
+        super().__init__()
+        self.batch_size = check_positive_int("data.batch_size", batch_size)
+        check_in_range("data.val_fraction", val_fraction, 0.0, 1.0)
+        check_in_range("data.test_fraction", test_fraction, 0.0, 1.0)
+        if val_fraction + test_fraction >= 1.0:
+            raise HooktrainError(
+                f"`data.val_fraction` + `data.test_fraction` must leave samples to train on, got {val_fraction} + {test_fraction}"
+            )
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.num_workers = num_workers
+        self.splits: dict[str, TensorDataset] = {}
+
+    def load(self) -> tuple[Tensor, Tensor]:
+        """Returns images ``(N, C, H, W)`` as float and labels ``(N,)`` as int64."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        images, labels = self.load()
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
+        num_val = round(len(labels) * self.val_fraction)
+        num_test = round(len(labels) * self.test_fraction)
+        parts = {"test": order[:num_test], "val": order[num_test : num_test + num_val], "train": order[num_test + num_val :]}
+        train = images[parts["train"]]
+        mean, std = train.mean(), train.std().clamp_min(1e-8)
+        self.splits = {name: TensorDataset((images[idx] - mean) / std, labels[idx]) for name, idx in parts.items()}
+
+    def example_input(self, batch_size: int = 2) -> Tensor:
+        """A few training images, to check that the model takes them before training starts."""
+        self.setup()
+        return self.splits["train"].tensors[0][:batch_size]
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

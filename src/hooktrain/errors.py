@@ -1,0 +1,32 @@
+"""The one exception type for user mistakes, and the checks that raise it."""
+
+from numbers import Real
+
+
+class HooktrainError(Exception):
+    """A user mistake: the message names the field, the value received and what is allowed.
+
+    The command line prints it as one sentence, without a traceback, and stops before training.
+    """
+
+
+class PluginHookError(RuntimeError):
+    """A plugin raised inside a hook; the message names the plugin, the hook kind and the module."""
+
+
+def check_positive_int(field: str, value: object) -> int:
+    """Returns ``value`` if it is an integer >= 1, else raises naming ``field``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HooktrainError(f"`{field}` must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_in_range(field: str, value: object, low: float, high: float, *, high_inclusive: bool = False) -> float:
+    """Returns ``value`` if it is a number in ``[low, high)`` (or ``[low, high]``), else raises naming ``field``."""
+    inside = isinstance(value, Real) and not isinstance(value, bool) and low <= value and (
+        value <= high if high_inclusive else value < high
+    )
+    if not inside:
+        closing = "]" if high_inclusive else ")"
+        raise HooktrainError(f"`{field}` must be a number in [{low}, {high}{closing}, got {value!r}")
+    return float(value)

@@ -1,0 +1,150 @@
+"""HookPlugin and HookContext: the one file a plugin author reads.
+
+A plugin overrides only the hooks it needs. The runner registers exactly those kinds on the
+selected modules, only on the steps where the plugin is active, and owns every handle::
+
+    class OutputNorm(HookPlugin):
+        \"\"\"Logs the norm of each selected module's output.\"\"\"
+
+        def forward(self, ctx, module, args, output):
+            ctx.record("output_norm", output.norm())  # logged as <plugin name>/output_norm/<module>
+
+Hooks keep PyTorch's meaning: a hook that returns something other than ``None`` replaces the
+module's inputs, output or gradient. Logging plugins return ``None``.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from hooktrain.errors import HooktrainError, check_positive_int
+from hooktrain.stats import StepStats
+
+HOOK_KINDS = ("forward_pre", "forward", "backward_pre", "backward")
+
+
+@dataclass
+class StepInfo:
+    """Shared by all contexts of a run; the runner updates it at the start of every training batch."""
+
+    step: int = 0
+    scaler: Any = None  # the GradScaler of a mixed-precision run, else None
+
+
+class HookContext:
+    """What a hook knows besides its PyTorch arguments: which module, which step, where numbers go.
+
+    The runner makes one context per (plugin, module) pair.
+
+    Attributes:
+        module_name: the module's qualified name in the model, e.g. ``"features.conv1"``.
+        index: the module's position in the plugin's selection (the index into its buffers).
+    """
+
+    def __init__(self, module_name: str, index: int, stats: StepStats, info: StepInfo) -> None:
+        self.module_name = module_name
+        self.index = index
+        self._stats = stats
+        self._info = info
+
+    @property
+    def step(self) -> int:
+        """The optimizer step being computed (Lightning's ``global_step``)."""
+        return self._info.step
+
+    def record(self, stat: str, value: Tensor) -> None:
+        """Adds a scalar tensor for this module; averaged over the step's calls, all-reduced, logged.
+
+        It stays on its device: no host sync. Logged as ``<plugin>/<stat>/<module_name>``.
+        """
+        self._stats.add_scalar(stat, self.index, value)
+
+    def record_histogram(self, stat: str, values: Tensor) -> None:
+        """Keeps ``values`` (detached) for a TensorBoard histogram at this step's flush (rank 0's)."""
+        self._stats.add_histogram(stat, self.index, values)
+
+    def unscale(self, grad: Tensor) -> Tensor:
+        """Divides a gradient by the GradScaler's scale under mixed precision; returns it as is otherwise."""
+        scaler = self._info.scaler
+        scale = getattr(scaler, "_scale", None) if scaler is not None and scaler.is_enabled() else None
+        return grad if scale is None else grad / scale
+
+
+class HookPlugin:
+    """Base class of hooktrain plugins: override the hook methods you need, nothing else.
+
+    Args:
+        name: the plugin's key under ``plugins`` in the config; the runner passes it.
+        every_n_steps: the plugin is active (hooks attached, statistics logged) on optimizer steps
+            that are multiples of this. Steps in between cost nothing: no hook is attached.
+        targets: globs over ``model.named_modules()`` names, e.g. ``["features.*"]``.
+        types: module class names, e.g. ``["Conv2d", "Linear"]``. Without targets and types,
+            the plugin hooks every leaf module that has parameters.
+
+    Raises:
+        HooktrainError: a value is out of range; the message names ``plugins.<name>.<field>``.
+
+    Example:
+        ``python train.py plugins=[grad_logger] plugins.grad_logger.targets=[features.*]``
+    """
+
+    def __init__(
+        self, name: str, every_n_steps: int = 1, targets: Sequence[str] = (), types: Sequence[str] = ()
+    ) -> None:
+        self.name = name
+        self.every_n_steps = check_positive_int(self.field("every_n_steps"), every_n_steps)
+        self.targets = self._string_list("targets", targets)
+        self.types = self._string_list("types", types)
+
+    def field(self, key: str) -> str:
+        """The config path of one of this plugin's parameters, for error messages."""
+        return f"plugins.{self.name}.{key}"
+
+    def is_active(self, step: int) -> bool:
+        return step % self.every_n_steps == 0
+
+    def hook_kinds(self) -> list[str]:
+        """The hook kinds this plugin overrides: exactly those get registered."""
+        return [kind for kind in HOOK_KINDS if self.overrides(kind)]
+
+    def overrides(self, method: str) -> bool:
+        """Whether this plugin's class overrides a method of HookPlugin."""
+        return getattr(type(self), method) is not getattr(HookPlugin, method)
+
+    # Hooks: called with the context first, then PyTorch's own arguments.
+
+    def forward_pre(self, ctx: HookContext, module: nn.Module, args: tuple) -> Any:
+        """Called before ``module.forward``; a non-None return replaces ``args``."""
+
+    def forward(self, ctx: HookContext, module: nn.Module, args: tuple, output: Any) -> Any:
+        """Called after ``module.forward``; a non-None return replaces the output."""
+
+    def backward_pre(self, ctx: HookContext, module: nn.Module, grad_output: tuple) -> Any:
+        """Called before the gradients of the module's inputs are computed; a non-None return replaces ``grad_output``."""
+
+    def backward(self, ctx: HookContext, module: nn.Module, grad_input: tuple, grad_output: tuple) -> Any:
+        """Called once the gradients of the module's inputs are computed; a non-None return replaces ``grad_input``."""
+
+    def before_optimizer_step(self, ctx: HookContext, module: nn.Module) -> None:
+        """Called on active steps for each selected module, when parameter gradients are final and unscaled."""
+
+    # State: buffers on a small module registered under the LightningModule as plugin_state.<name>.
+
+    def setup(self, state: nn.Module, module_names: list[str]) -> None:
+        """Registers this plugin's buffers on ``state``; called once, before a checkpoint is restored."""
+
+    def update(self, state: nn.Module, stats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Folds one active step's statistics into the buffers, in place; returns more statistics to log.
+
+        Each value of ``stats`` is a ``(num_modules,)`` tensor, already averaged over the processes
+        of a distributed run, so every rank writes the same buffers.
+        """
+        return {}
+
+    def _string_list(self, key: str, value: object) -> list[str]:
+        values = [value] if isinstance(value, str) else list(value or [])
+        if not all(isinstance(item, str) for item in values):
+            raise HooktrainError(f"`{self.field(key)}` must be a list of strings, got {value!r}")
+        return values

@@ -1,0 +1,50 @@
+"""Plugin discovery and listing: a plugin is a config in conf/plugins/ whose _target_ is a HookPlugin."""
+
+import importlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from hooktrain.errors import HooktrainError
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    target: str
+    description: str
+    parameters: list[str]  # "key: default  # comment", as the YAML says
+
+
+def available_plugins(config_dir: Path) -> list[PluginInfo]:
+    """Every ``<config_dir>/plugins/<name>.yaml``, with its class's one-line docstring and its parameters.
+
+    The folder beside ``config_dir`` is put on ``sys.path`` so that ``plugins.<name>`` imports.
+    """
+    plugin_dir = config_dir / "plugins"
+    if not plugin_dir.is_dir():
+        raise HooktrainError(f"no plugin configs: {plugin_dir} is not a folder; run from the project root or pass --config-dir")
+    root = str(config_dir.resolve().parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return [_describe(path) for path in sorted(plugin_dir.glob("*.yaml"))]
+
+
+def _describe(path: Path) -> PluginInfo:
+    name = path.stem
+    node = OmegaConf.load(path).get(name)
+    if node is None or "_target_" not in node:
+        raise HooktrainError(f"{path} must nest its settings under `{name}:` with a `_target_`")
+    target = node._target_
+    module_name, _, class_name = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise HooktrainError(f"`plugins.{name}._target_`: cannot import {target!r} ({error})") from None
+    description = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+    lines = path.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{name}:"))
+    parameters = [line.strip() for line in lines[start + 1 :] if line.strip() and not line.strip().startswith("_target_")]
+    return PluginInfo(name, target, description, parameters)

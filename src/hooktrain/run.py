@@ -1,0 +1,99 @@
+"""The main job: build everything from the config, fit, test, export the model's weights."""
+
+import logging
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from hooktrain.build import build, build_plugins
+from hooktrain.errors import HooktrainError
+from hooktrain.runner import PluginRunner
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> None:
+    """The command line's entry: trains, and turns a user mistake into one sentence and exit status 1."""
+    try:
+        train(cfg)
+    except HooktrainError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Reads top to bottom: data, model, task, plugins, callbacks, logger, trainer, fit, test, export.
+
+    Returns:
+        The test metrics, e.g. ``{"test/acc": 0.98, "test/loss": 0.07}``.
+
+    Raises:
+        HooktrainError: a config value is wrong; raised before training starts.
+    """
+    pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule = build(cfg.data, "data")
+    model = build(cfg.model, "model")
+    check_model_takes_data(model, datamodule)
+    task = build(cfg.task, "task", model=model)
+    check_optimizer(task)
+    plugins = build_plugins(cfg.get("plugins"))
+    callbacks = [build(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items()]
+    logger = build(cfg.logger, "logger")
+    trainer = build(cfg.trainer, "trainer", callbacks=[*callbacks, PluginRunner(plugins)], logger=logger)
+    ckpt_path = check_ckpt_path(cfg.get("ckpt_path"))
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    checkpoint = trainer.checkpoint_callback
+    best = "best" if checkpoint is not None and getattr(checkpoint, "best_model_path", "") else None
+    results = trainer.test(task, datamodule=datamodule, ckpt_path=best)
+
+    if trainer.is_global_zero:
+        torch.save(task.model.state_dict(), output_dir / "model.pt")
+        log.info("model weights (those tested) saved to %s", output_dir / "model.pt")
+    return results[0] if results else {}
+
+
+def check_model_takes_data(model: nn.Module, datamodule: pl.LightningDataModule) -> None:
+    """One forward pass on two training images, so a shape mismatch fails before training, named."""
+    example_input = getattr(datamodule, "example_input", None)
+    if example_input is None:
+        return
+    images = example_input()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(images)
+    except RuntimeError as error:
+        raise HooktrainError(
+            f"the model cannot take the data's images of shape {tuple(images.shape[1:])} ({error}); "
+            "make the model's input size (e.g. `model.in_features`, `model.image_size`) match the data"
+        ) from None
+    finally:
+        model.train(was_training)
+    num_classes = getattr(datamodule, "num_classes", None)
+    if num_classes is not None and (logits.ndim != 2 or logits.shape[1] != num_classes):
+        raise HooktrainError(
+            f"the model outputs shape {tuple(logits.shape[1:])} per sample but the data has {num_classes} classes; "
+            f"set the model's `num_classes` to {num_classes}"
+        )
+
+
+def check_optimizer(task: pl.LightningModule) -> None:
+    """Builds the optimizer once, so a bad value (a negative learning rate) fails before training."""
+    try:
+        task.configure_optimizers()
+    except (ValueError, TypeError) as error:
+        raise HooktrainError(f"`task.optimizer` / `task.scheduler`: {error}") from None
+
+
+def check_ckpt_path(ckpt_path: str | None) -> str | None:
+    if ckpt_path is not None and ckpt_path not in ("last", "best") and not Path(ckpt_path).is_file():
+        raise HooktrainError(f"`ckpt_path`: no checkpoint file at {ckpt_path!r}; give the path of a .ckpt file, e.g. <run dir>/checkpoints/last.ckpt")
+    return ckpt_path

@@ -1,0 +1,225 @@
+"""PluginRunner: the Lightning Callback that attaches plugin hooks, flushes their statistics and cleans up."""
+
+import logging
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from hooktrain.errors import HooktrainError, PluginHookError
+from hooktrain.plugin import HookContext, HookPlugin, StepInfo
+from hooktrain.select import select_modules
+from hooktrain.stats import StepStats
+
+log = logging.getLogger(__name__)
+
+# The first layer's input needs no gradient, so its full backward hook gets grad_input of Nones and
+# PyTorch warns once. Expected: plugins read grad_output for "the gradient at this layer".
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to module outputs")
+
+_REGISTER = {
+    "forward_pre": nn.Module.register_forward_pre_hook,
+    "forward": nn.Module.register_forward_hook,
+    "backward_pre": nn.Module.register_full_backward_pre_hook,
+    "backward": nn.Module.register_full_backward_hook,
+}
+
+
+class _Hook:
+    """One registered hook: calls the plugin's method with its context and names the culprit on error.
+
+    A plain object with a bound method, not a closure, so a model with hooks attached still pickles.
+    """
+
+    def __init__(self, plugin: HookPlugin, kind: str, ctx: HookContext) -> None:
+        self.plugin = plugin
+        self.kind = kind
+        self.ctx = ctx
+
+    def __call__(self, module: nn.Module, *args: Any) -> Any:
+        try:
+            return getattr(self.plugin, self.kind)(self.ctx, module, *args)
+        except PluginHookError:
+            raise
+        except Exception as error:
+            raise PluginHookError(
+                f"plugin {self.plugin.name!r} failed in its {self.kind} hook on module "
+                f"{self.ctx.module_name!r}: {type(error).__name__}: {error}"
+            ) from error
+
+
+class PluginRunner(Callback):
+    """Attaches each plugin's hooks to its selected modules on the steps where it is active.
+
+    Per plugin, on training batches of an active optimizer step (``global_step % every_n_steps == 0``),
+    the overridden hook kinds are registered on the selected modules; on other steps no hook is
+    attached at all. When the optimizer step completes, the recorded statistics are averaged over
+    ranks, folded into the plugin's buffers (``plugin_state.<name>`` under the LightningModule) and
+    logged by rank 0 as ``<plugin>/<stat>/<module>``. Every handle is removed on teardown and on error.
+
+    Args:
+        plugins: the plugins, with distinct names.
+
+    Raises:
+        HooktrainError: two plugins share a name, or a selection matches nothing (at ``setup``).
+    """
+
+    def __init__(self, plugins: list[HookPlugin]) -> None:
+        names = [plugin.name for plugin in plugins]
+        if len(set(names)) != len(names):
+            raise HooktrainError(f"plugin names must be distinct, got {names}")
+        self.plugins = plugins
+        self.info = StepInfo()
+        self._stats: dict[str, StepStats] = {}
+        self._contexts: dict[str, list[tuple[nn.Module, HookContext]]] = {}
+        self._handles: dict[str, list[RemovableHandle]] = {}
+        self._layout_written = False
+
+    # Attaching and detaching.
+
+    def attach(self, plugin: HookPlugin) -> None:
+        """Registers the plugin's hooks on its modules; all or nothing."""
+        handles = []
+        try:
+            for module, ctx in self._contexts[plugin.name]:
+                for kind in plugin.hook_kinds():
+                    handles.append(_REGISTER[kind](module, _Hook(plugin, kind, ctx)))
+        except BaseException:
+            for handle in handles:
+                handle.remove()
+            raise
+        self._handles[plugin.name] = handles
+
+    def detach(self, plugin: HookPlugin) -> None:
+        for handle in self._handles.pop(plugin.name, []):
+            handle.remove()
+        self._stats[plugin.name].clear()
+
+    def is_attached(self, plugin: HookPlugin) -> bool:
+        return plugin.name in self._handles
+
+    def detach_all(self) -> None:
+        for plugin in self.plugins:
+            if self.is_attached(plugin):
+                self.detach(plugin)
+
+    # Lightning hooks.
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Selects modules and creates plugin state (before Lightning restores a checkpoint into it)."""
+        if self._contexts:
+            return
+        model = getattr(pl_module, "model", pl_module)
+        if not hasattr(pl_module, "plugin_state"):
+            pl_module.plugin_state = nn.ModuleDict()
+        hook_map: dict[str, list[str]] = {}
+        for plugin in self.plugins:
+            selected = select_modules(model, plugin.targets, plugin.types, f"plugins.{plugin.name}")
+            names = [name for name, _ in selected]
+            stats = self._stats[plugin.name] = StepStats(len(selected))
+            self._contexts[plugin.name] = [
+                (module, HookContext(name, index, stats, self.info)) for index, (name, module) in enumerate(selected)
+            ]
+            if plugin.name not in pl_module.plugin_state:
+                state = nn.Module()
+                plugin.setup(state, names)
+                pl_module.plugin_state[plugin.name] = state
+            kinds = "+".join(plugin.hook_kinds() + (["before_optimizer_step"] if plugin.overrides("before_optimizer_step") else []))
+            for name in names:
+                hook_map.setdefault(name, []).append(f"{plugin.name}[{kinds}] every {plugin.every_n_steps} steps")
+        if hook_map:
+            width = max(map(len, hook_map))
+            lines = [f"  {name:<{width}}  {', '.join(entries)}" for name, entries in hook_map.items()]
+            rank_zero_info("hook map (module: plugin[hooks]):\n" + "\n".join(lines))
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self.info.step = trainer.global_step
+        self.info.scaler = getattr(trainer.precision_plugin, "scaler", None)
+        for plugin in self.plugins:
+            active = plugin.is_active(self.info.step)
+            if active != self.is_attached(plugin):
+                self.attach(plugin) if active else self.detach(plugin)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        for plugin in self.plugins:
+            if self.is_attached(plugin) and plugin.overrides("before_optimizer_step"):
+                for module, ctx in self._contexts[plugin.name]:
+                    _Hook(plugin, "before_optimizer_step", ctx)(module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.info.step:
+            return  # gradient accumulation: the optimizer step is not complete yet
+        active = [plugin for plugin in self.plugins if self.is_attached(plugin)]
+        if active:
+            self.flush(trainer, pl_module, active)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.detach_all()  # plugins watch training steps; evaluation must not feed their statistics
+
+    on_test_start = on_predict_start = on_validation_start
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.detach_all()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.detach_all()
+        self.info.scaler = None
+
+    # Flushing: reduce, update buffers, log. One host transfer for all plugins together.
+
+    def flush(self, trainer: pl.Trainer, pl_module: pl.LightningModule, plugins: list[HookPlugin]) -> None:
+        """Averages the step's statistics over ranks, lets plugins update buffers, logs on rank 0."""
+        recorded = {plugin.name: self._stats[plugin.name].means() for plugin in plugins}
+        keys = [(name, stat) for name, means in recorded.items() for stat in means]
+        if keys:
+            flat = torch.stack([recorded[name][stat] for name, stat in keys])  # (num_stats, num_modules)
+            reduced = trainer.strategy.reduce(flat, reduce_op="mean") if trainer.world_size > 1 else flat
+            for (name, stat), row in zip(keys, reduced):
+                recorded[name][stat] = row
+        logged: list[tuple[str, str, Tensor, list[bool]]] = []
+        for plugin in plugins:
+            stats = self._stats[plugin.name]
+            means = recorded[plugin.name]
+            extra = plugin.update(pl_module.plugin_state[plugin.name], means)
+            for stat, values in means.items():
+                logged.append((plugin.name, stat, values, stats.recorded(stat)))
+            for stat, values in extra.items():
+                logged.append((plugin.name, stat, values, [True] * len(values)))
+        if trainer.is_global_zero:
+            self._log(trainer, plugins, logged)
+        for plugin in plugins:
+            self._stats[plugin.name].clear()
+
+    def _log(self, trainer: pl.Trainer, plugins: list[HookPlugin], logged: list[tuple[str, str, Tensor, list[bool]]]) -> None:
+        step = self.info.step
+        metrics: dict[str, float] = {}
+        if logged:
+            host = torch.cat([values.detach().float().flatten() for _, _, values, _ in logged]).cpu().tolist()
+            position = 0
+            for plugin_name, stat, values, present in logged:
+                contexts = self._contexts[plugin_name]
+                for (_, ctx), value, keep in zip(contexts, host[position : position + len(values)], present):
+                    if keep:
+                        metrics[f"{plugin_name}/{stat}/{ctx.module_name}"] = value
+                position += len(values)
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
+        writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        for plugin in plugins:
+            for (stat, index), values in self._stats[plugin.name].histograms.items():
+                tag = f"{plugin.name}/{stat}/{self._contexts[plugin.name][index][1].module_name}"
+                for writer in writers:
+                    writer.add_histogram(tag, values.float().cpu(), global_step=step)
+        if writers and not self._layout_written and len(plugins) == len(self.plugins):
+            layout = {}
+            for plugin_name, stat, _, _ in logged:
+                layout.setdefault(plugin_name, {})[stat] = ["Multiline", [rf"^{plugin_name}/{stat}/"]]
+            for writer in writers:
+                writer.add_custom_scalars(layout)
+            self._layout_written = True

@@ -1,0 +1,60 @@
+"""Module selection: which modules of a model a plugin hooks, from name globs and type names."""
+
+from fnmatch import fnmatchcase
+
+from torch import nn
+
+from hooktrain.errors import HooktrainError
+
+
+def default_selection(model: nn.Module) -> list[str]:
+    """Leaf modules that own parameters: the layers people mean by "every layer"."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if name and next(module.children(), None) is None and next(module.parameters(recurse=False), None) is not None
+    ]
+
+
+def select_modules(model: nn.Module, targets: list[str], types: list[str], field: str) -> list[tuple[str, nn.Module]]:
+    """Returns ``(qualified name, module)`` pairs in definition order.
+
+    ``targets`` are globs over ``named_modules()`` names (``features.*``, ``*fc?``); ``types`` are
+    class names (``Conv2d``, ``Linear``; a base class name matches its subclasses). Given both, a
+    module must match both; given neither, the leaf modules with parameters are chosen.
+
+    Raises:
+        HooktrainError: a pattern or type name matches no module; the message lists the modules.
+    """
+    named = [(name, module) for name, module in model.named_modules() if name]
+    if not targets and not types:
+        chosen = set(default_selection(model))
+        return [(name, module) for name, module in named if name in chosen]
+
+    def describe_modules() -> str:
+        listed = ", ".join(f"{name} ({type(module).__name__})" for name, module in named[:40])
+        return listed + (", ..." if len(named) > 40 else "")
+
+    for pattern in targets:
+        if not any(fnmatchcase(name, pattern) for name, _ in named):
+            raise HooktrainError(
+                f"`{field}.targets`: pattern {pattern!r} matches no module of the model; its modules are: {describe_modules()}"
+            )
+    for type_name in types:
+        if not any(_is_instance_by_name(module, type_name) for _, module in named):
+            raise HooktrainError(
+                f"`{field}.types`: no module of the model is a {type_name!r}; its modules are: {describe_modules()}"
+            )
+    selected = [
+        (name, module)
+        for name, module in named
+        if (not targets or any(fnmatchcase(name, pattern) for pattern in targets))
+        and (not types or any(_is_instance_by_name(module, type_name) for type_name in types))
+    ]
+    if not selected:
+        raise HooktrainError(f"`{field}`: no module matches both targets {targets} and types {types}")
+    return selected
+
+
+def _is_instance_by_name(module: nn.Module, type_name: str) -> bool:
+    return any(cls.__name__ == type_name for cls in type(module).__mro__)

@@ -1,0 +1,50 @@
+"""Per-step statistics a plugin records in its hooks, kept as device tensors until the runner flushes."""
+
+import torch
+from torch import Tensor
+
+
+class StepStats:
+    """Sums and call counts per (statistic, module index) for one active step.
+
+    Values are detached and stay on their device: recording never syncs with the host. Counts are
+    plain ints, so averaging over several calls (gradient accumulation, a module used twice) is free.
+    """
+
+    def __init__(self, num_modules: int) -> None:
+        self.num_modules = num_modules
+        self.sums: dict[str, list[Tensor | None]] = {}
+        self.counts: dict[str, list[int]] = {}
+        self.histograms: dict[tuple[str, int], Tensor] = {}
+
+    def add_scalar(self, stat: str, index: int, value: Tensor) -> None:
+        value = value.detach().float()
+        if stat not in self.sums:
+            self.sums[stat] = [None] * self.num_modules
+            self.counts[stat] = [0] * self.num_modules
+        total = self.sums[stat][index]
+        self.sums[stat][index] = value if total is None else total + value
+        self.counts[stat][index] += 1
+
+    def add_histogram(self, stat: str, index: int, values: Tensor) -> None:
+        self.histograms[(stat, index)] = values.detach()
+
+    def means(self) -> dict[str, Tensor]:
+        """Each statistic as a ``(num_modules,)`` tensor of means; NaN where a module recorded nothing."""
+        means = {}
+        for stat, sums in self.sums.items():
+            device = next(total for total in sums if total is not None).device
+            missing = torch.tensor(float("nan"), device=device)
+            means[stat] = torch.stack(
+                [missing if total is None else total / count for total, count in zip(sums, self.counts[stat])]
+            )
+        return means
+
+    def recorded(self, stat: str) -> list[bool]:
+        """Which modules recorded ``stat`` this step (known on the host, without looking at values)."""
+        return [count > 0 for count in self.counts[stat]]
+
+    def clear(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+        self.histograms.clear()

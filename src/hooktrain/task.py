@@ -1,0 +1,76 @@
+"""ClassifierTask: the LightningModule that trains any classifier nn.Module."""
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+class ClassifierTask(pl.LightningModule):
+    """Cross-entropy training with accuracy on train/val/test; the network is kept as ``self.model``.
+
+    Args:
+        model: any ``nn.Module`` mapping a batch of inputs to ``(B, num_classes)`` logits.
+        optimizer: builds the optimizer from parameters (a ``_partial_`` config such as Adam).
+        scheduler: builds a learning-rate scheduler from the optimizer, stepped once per epoch; optional.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        x, y = batch
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        accuracy = (logits.argmax(dim=1) == y).float().mean()
+        # Epoch values accumulate as tensors; only val/test reach the progress bar (no per-step host sync).
+        self.log_dict(
+            {f"{stage}/loss": loss, f"{stage}/acc": accuracy},
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=stage != "train",
+            batch_size=len(y),
+            sync_dist=stage != "train",
+        )
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.model.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Lets a run resume with other plugins: plugin state present on one side only is left as is."""
+        saved = checkpoint["state_dict"]
+        own = self.state_dict()
+        for key in [key for key in saved if key.startswith("plugin_state.") and key not in own]:
+            log.warning("checkpoint holds %s, state of a plugin this run does not use: ignored", key)
+            del saved[key]
+        for key in own:
+            if key.startswith("plugin_state.") and key not in saved:
+                saved[key] = own[key]

@@ -1,0 +1,15 @@
+"""Train a model with hook plugins: python train.py model=lenet plugins=[grad_logger] (see --help)."""
+
+import hydra
+from omegaconf import DictConfig
+
+import hooktrain
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    hooktrain.run(cfg)
+
+
+if __name__ == "__main__":
+    main()
