@@ -1,5 +1,8 @@
 """Train a model with hook plugins: python train.py model=lenet plugins=[grad_logger] (see --help)."""
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -12,4 +15,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    hooktrain.check_plugin_overrides(sys.argv[1:], config_dir=Path(__file__).parent / "conf")
     main()

@@ -16,7 +16,8 @@ class GradLogger(HookPlugin):
     mixed precision.
 
     Buffers (``plugin_state.grad_logger.*``, saved in checkpoints): ``ema_grad_norm`` and
-    ``ema_param_grad_norm``, one value per selected module, and ``updates``, the steps folded in.
+    ``ema_param_grad_norm``, one value per selected module (NaN before its first value), and
+    ``updates``, the number of steps folded in.
 
     Args:
         ema_decay: weight of the past in the moving averages, in [0, 1).
@@ -30,8 +31,9 @@ class GradLogger(HookPlugin):
         self.histograms = bool(histograms)
 
     def setup(self, state: nn.Module, module_names: list[str]) -> None:
-        state.register_buffer("ema_grad_norm", torch.zeros(len(module_names)))
-        state.register_buffer("ema_param_grad_norm", torch.zeros(len(module_names)))
+        # NaN until a module's first value arrives, which then becomes the average as it is.
+        state.register_buffer("ema_grad_norm", torch.full((len(module_names),), float("nan")))
+        state.register_buffer("ema_param_grad_norm", torch.full((len(module_names),), float("nan")))
         state.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     def backward(self, ctx: HookContext, module: nn.Module, grad_input: tuple, grad_output: tuple) -> None:
@@ -50,14 +52,13 @@ class GradLogger(HookPlugin):
             ctx.record("param_grad_norm", torch.linalg.vector_norm(norms))
 
     def update(self, state: nn.Module, stats: dict[str, Tensor]) -> dict[str, Tensor]:
-        first = state.updates == 0
         averages = {}
         for stat in ("grad_norm", "param_grad_norm"):
             if stat not in stats:
                 continue
             ema = state.get_buffer(f"ema_{stat}")
             value = stats[stat]
-            blended = torch.where(first, value, torch.lerp(value, ema, self.ema_decay))
+            blended = torch.where(torch.isnan(ema), value, torch.lerp(value, ema, self.ema_decay))
             ema.copy_(torch.where(torch.isnan(value), ema, blended))  # in place: DDP broadcasts buffers
             averages[f"ema_{stat}"] = ema
         state.updates.add_(1)

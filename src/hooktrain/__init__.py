@@ -3,9 +3,10 @@
 from hooktrain.config import register_configs
 from hooktrain.errors import HooktrainError, PluginHookError
 from hooktrain.plugin import HookContext, HookPlugin
+from hooktrain.registry import check_plugin_overrides
 from hooktrain.run import run, train
 from hooktrain.runner import PluginRunner
 
 register_configs()
 
-__all__ = ["HookContext", "HookPlugin", "HooktrainError", "PluginHookError", "PluginRunner", "run", "train"]
+__all__ = ["HookContext", "HookPlugin", "HooktrainError", "PluginHookError", "PluginRunner", "check_plugin_overrides", "run", "train"]

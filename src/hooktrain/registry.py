@@ -5,6 +5,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from hooktrain.errors import HooktrainError
@@ -16,6 +18,34 @@ class PluginInfo:
     target: str
     description: str
     parameters: list[str]  # "key: default  # comment", as the YAML says
+
+
+def plugin_names(config_dir: Path) -> list[str]:
+    """The names ``plugins=[...]`` accepts: one per ``<config_dir>/plugins/<name>.yaml``."""
+    return sorted(path.stem for path in (config_dir / "plugins").glob("*.yaml"))
+
+
+def check_plugin_overrides(args: list[str], config_dir: Path) -> None:
+    """Stops with the list of known plugins when a ``plugins=[...]`` override names an unknown one.
+
+    Hydra reports an unknown option of a multi-select group without listing the options; this runs
+    before Hydra composes, on the same parsed overrides. Malformed overrides are left to Hydra.
+    """
+    try:
+        overrides = OverridesParser.create().parse_overrides([arg for arg in args if not arg.startswith("-")])
+    except HydraException:
+        return
+    known = plugin_names(config_dir)
+    for override in overrides:
+        if override.key_or_group != "plugins" or override.is_delete():
+            continue
+        value = override.value()
+        for name in value if isinstance(value, list) else [value]:
+            if name not in known:
+                raise SystemExit(
+                    f"error: unknown plugin {name!r} in `{override.input_line}`; available plugins: {', '.join(known)} "
+                    "(python -m hooktrain plugins describes them)"
+                )
 
 
 def available_plugins(config_dir: Path) -> list[PluginInfo]:

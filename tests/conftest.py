@@ -1,0 +1,41 @@
+"""Shared fixtures: the real config, composed once per test and shrunk to a few CPU steps in tmp_path."""
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import hooktrain  # noqa: F401  registers the trainer schema
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FAST = [
+    "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """``make_cfg("model=mlp", ...)``: the composed train config, fast, writing under tmp_path."""
+
+    def make(*overrides: str, fast: bool = True) -> DictConfig:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return compose("train", overrides=[*(FAST if fast else []), f"paths.output_dir={tmp_path}", *overrides])
+
+    return make
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300):
+    """Runs ``python <args>`` in a subprocess the way a user would, returning the CompletedProcess."""
+    import subprocess
+
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)

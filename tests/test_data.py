@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from hooktrain.data import DigitsDataModule, SyntheticDataModule
+from hooktrain.errors import HooktrainError
+
+
+def _indices_of(data, split):
+    """Identifies samples by their pixel values (digits images are nearly all distinct)."""
+    return {tuple(image.flatten().tolist()) for image, _ in data.splits[split]}
+
+
+def test_digits_split_is_complete_disjoint_and_follows_the_seed():
+    data = DigitsDataModule(image_size=8, seed=0)
+    data.setup()
+    sizes = {name: len(split) for name, split in data.splits.items()}
+    assert sizes == {"train": 1257, "val": 270, "test": 270}
+    assert not _indices_of(data, "train") & _indices_of(data, "test")
+
+    same, other = DigitsDataModule(image_size=8, seed=0), DigitsDataModule(image_size=8, seed=1)
+    same.setup(), other.setup()
+    assert torch.equal(same.splits["test"].tensors[1], data.splits["test"].tensors[1])
+    assert not torch.equal(other.splits["test"].tensors[1], data.splits["test"].tensors[1])
+
+
+def test_digits_are_resized_and_standardized_on_the_training_split():
+    data = DigitsDataModule(image_size=32, batch_size=16)
+    data.setup()
+    images, labels = data.splits["train"].tensors
+    assert images.shape == (1257, 1, 32, 32) and labels.dtype == torch.long
+    assert set(labels.tolist()) == set(range(10))
+    assert abs(images.mean().item()) < 1e-4 and abs(images.std().item() - 1) < 1e-3
+    x, y = next(iter(data.train_dataloader()))
+    assert x.shape == (16, 1, 32, 32) and y.shape == (16,)
+
+
+def test_synthetic_data_has_the_requested_shape():
+    data = SyntheticDataModule(num_samples=100, num_classes=3, channels=2, image_size=5)
+    data.setup()
+    images, labels = data.splits["train"].tensors
+    assert images.shape[1:] == (2, 5, 5) and labels.max() < 3
+    assert sum(len(split) for split in data.splits.values()) == 100
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"batch_size": 0}, r"`data.batch_size` must be an integer >= 1, got 0"),
+        ({"val_fraction": -0.1}, r"`data.val_fraction` must be a number in \[0.0, 1.0\), got -0.1"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, r"must leave samples to train on"),
+    ],
+)
+def test_bad_data_values_are_named(kwargs, message):
+    with pytest.raises(HooktrainError, match=message):
+        DigitsDataModule(**kwargs)

@@ -1,0 +1,168 @@
+"""The plugin core on a tiny MLP trained for real by Lightning on synthetic data."""
+
+import copy
+import pickle
+from functools import partial
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from hooktrain import HookPlugin, HooktrainError, PluginHookError, PluginRunner
+from hooktrain.data import SyntheticDataModule
+from hooktrain.models import MLP
+from hooktrain.plugin import HookContext, StepInfo
+from hooktrain.stats import StepStats
+from hooktrain.task import ClassifierTask
+
+HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(len(getattr(module, name)) for module in model.modules() for name in HOOK_DICTS)
+
+
+class StepRecorder(HookPlugin):
+    """Records, on the host, the step of each forward hook call (test only: it syncs nothing, it stores ints)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls: list[tuple[int, str]] = []
+
+    def forward(self, ctx, module, args, output):
+        self.calls.append((ctx.step, ctx.module_name))
+        ctx.record("output_mean", output.mean())
+
+
+class HookCounter(Callback):
+    """Counts the hooks on the model at each training batch, after the runner has attached them."""
+
+    def __init__(self):
+        self.counts: dict[int, int] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.counts[trainer.global_step] = hook_count(pl_module.model)
+
+
+def fit(plugins, *, steps=6, accumulate=1, callbacks=(), model=None, logger=False):
+    model = model or MLP(in_features=16, hidden_sizes=[8], num_classes=3)
+    task = ClassifierTask(model, optimizer=partial(torch.optim.SGD, lr=0.1))
+    data = SyntheticDataModule(num_samples=256, num_classes=3, image_size=4, batch_size=8)
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=steps, accumulate_grad_batches=accumulate, logger=logger,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[PluginRunner(plugins), *callbacks],
+    )
+    trainer.fit(task, datamodule=data)
+    return task, trainer
+
+
+def test_hooks_are_attached_only_on_active_steps_and_removed_after_fit():
+    plugin = StepRecorder(name="rec", every_n_steps=3, targets=["fc1", "head"])
+    counter = HookCounter()
+    task, _ = fit([plugin], steps=7, callbacks=[counter])
+    assert sorted({step for step, _ in plugin.calls}) == [0, 3, 6]
+    assert {module for _, module in plugin.calls} == {"fc1", "head"}
+    assert counter.counts == {0: 2, 1: 0, 2: 0, 3: 2, 4: 0, 5: 0, 6: 2}  # forward hooks only, two modules
+    assert hook_count(task.model) == 0
+
+
+def test_cadence_counts_optimizer_steps_under_gradient_accumulation():
+    plugin = StepRecorder(name="rec", every_n_steps=2, targets=["head"])
+    fit([plugin], steps=4, accumulate=3)
+    assert plugin.calls == [(0, "head")] * 3 + [(2, "head")] * 3  # 3 micro-batches per optimizer step
+
+
+def test_only_overridden_hook_kinds_are_registered():
+    class BackwardOnly(HookPlugin):
+        def backward(self, ctx, module, grad_input, grad_output):
+            pass
+
+    model = MLP(in_features=16, hidden_sizes=[8], num_classes=3)
+    runner = PluginRunner([BackwardOnly(name="b")])
+    task = ClassifierTask(model, optimizer=partial(torch.optim.SGD, lr=0.1))
+    runner.setup(None, task, "fit")
+    runner.attach(runner.plugins[0])
+    assert {name: len(model.fc1.__dict__[name]) for name in HOOK_DICTS} == {
+        "_forward_pre_hooks": 0, "_forward_hooks": 0, "_backward_pre_hooks": 0, "_backward_hooks": 1,
+    }
+    assert runner.is_attached(runner.plugins[0])
+    runner.detach_all()
+    assert hook_count(model) == 0
+
+
+@pytest.mark.parametrize("kind", ["forward", "backward"])
+def test_an_exception_in_a_hook_names_plugin_kind_and_module_and_leaves_no_hook(kind):
+    class Broken(HookPlugin):
+        def forward(self, ctx, module, args, output):
+            if kind == "forward":
+                raise ValueError("boom")
+
+        def backward(self, ctx, module, grad_input, grad_output):
+            if kind == "backward":
+                raise ValueError("boom")
+
+    model = MLP(in_features=16, hidden_sizes=[8], num_classes=3)
+    with pytest.raises(PluginHookError, match=rf"plugin 'broken' failed in its {kind} hook on module 'fc1': ValueError: boom"):
+        fit([Broken(name="broken", targets=["fc1"])], model=model)
+    assert hook_count(model) == 0
+
+
+def test_plugin_state_is_buffers_in_the_lightning_state_dict_not_in_the_model():
+    class Counter(HookPlugin):
+        def setup(self, state, module_names):
+            state.register_buffer("calls", torch.zeros(len(module_names)))
+
+        def forward(self, ctx, module, args, output):
+            ctx.record("one", torch.ones(()))
+
+        def update(self, state, stats):
+            state.calls.add_(stats["one"])
+            return {}
+
+    task, _ = fit([Counter(name="counter", every_n_steps=2)], steps=5)
+    assert torch.equal(task.state_dict()["plugin_state.counter.calls"], torch.full((2,), 3.0))  # steps 0, 2, 4
+    assert all(not key.startswith("plugin_state") for key in task.model.state_dict())
+
+
+def test_distinct_names_are_required():
+    with pytest.raises(HooktrainError, match=r"plugin names must be distinct, got \['a', 'a'\]"):
+        PluginRunner([HookPlugin(name="a"), HookPlugin(name="a")])
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "3"])
+def test_every_n_steps_must_be_a_positive_integer(value):
+    with pytest.raises(HooktrainError, match=rf"`plugins.p.every_n_steps` must be an integer >= 1, got {value!r}"):
+        HookPlugin(name="p", every_n_steps=value)
+
+
+def test_step_stats_average_repeated_calls_and_mark_missing_modules():
+    stats = StepStats(num_modules=3)
+    stats.add_scalar("x", 0, torch.tensor(1.0))
+    stats.add_scalar("x", 0, torch.tensor(3.0))
+    stats.add_scalar("x", 2, torch.tensor(5.0))
+    means = stats.means()["x"]
+    assert means[0] == 2.0 and torch.isnan(means[1]) and means[2] == 5.0
+    assert stats.recorded("x") == [True, False, True]
+
+
+def test_unscale_divides_by_the_grad_scaler_scale():
+    scaler = torch.amp.GradScaler("cpu", init_scale=512.0)
+    scaler.scale(torch.ones(()))  # the scale tensor is created lazily, on first use
+    info = StepInfo(step=0, scaler=scaler)
+    ctx = HookContext("fc1", 0, StepStats(1), info)
+    assert torch.equal(ctx.unscale(torch.full((2,), 1024.0)), torch.full((2,), 2.0))
+    info.scaler = None
+    assert torch.equal(ctx.unscale(torch.full((2,), 1024.0)), torch.full((2,), 1024.0))
+
+
+def test_a_model_with_hooks_attached_can_be_copied_and_pickled():
+    model = MLP(in_features=16, hidden_sizes=[8], num_classes=3)
+    runner = PluginRunner([StepRecorder(name="rec")])
+    runner.setup(None, ClassifierTask(model, optimizer=partial(torch.optim.SGD, lr=0.1)), "fit")
+    runner.attach(runner.plugins[0])
+    clone = pickle.loads(pickle.dumps(model))
+    assert hook_count(clone) == hook_count(copy.deepcopy(model)) == hook_count(model) == 2
+    runner.detach_all()

@@ -1,0 +1,33 @@
+import pytest
+
+from hooktrain.errors import HooktrainError
+from hooktrain.models import LeNet
+from hooktrain.select import select_modules
+
+
+def _names(selection):
+    return [name for name, _ in selection]
+
+
+def test_default_is_every_leaf_module_with_parameters():
+    selected = _names(select_modules(LeNet(), [], [], "plugins.p"))
+    assert selected == ["features.conv1", "features.conv2", "classifier.fc1", "classifier.fc2", "classifier.fc3"]
+
+
+def test_globs_and_types_narrow_the_selection():
+    model = LeNet()
+    assert _names(select_modules(model, ["features.*"], [], "p")) == [
+        "features.conv1", "features.act1", "features.pool1", "features.conv2", "features.act2", "features.pool2",
+    ]
+    assert _names(select_modules(model, ["features.*"], ["Conv2d"], "p")) == ["features.conv1", "features.conv2"]
+    assert _names(select_modules(model, [], ["_ConvNd"], "p")) == ["features.conv1", "features.conv2"]  # base classes match
+    assert _names(select_modules(model, ["classifier"], [], "p")) == ["classifier"]
+
+
+def test_a_pattern_matching_nothing_is_an_error_naming_it():
+    with pytest.raises(HooktrainError, match=r"`plugins.grad_logger.targets`: pattern 'conv\*' matches no module .* features.conv1 \(Conv2d\)"):
+        select_modules(LeNet(), ["conv*"], [], "plugins.grad_logger")
+    with pytest.raises(HooktrainError, match=r"`p.types`: no module of the model is a 'LSTM'"):
+        select_modules(LeNet(), [], ["LSTM"], "p")
+    with pytest.raises(HooktrainError, match=r"no module matches both targets \['classifier.\*'\] and types \['Conv2d'\]"):
+        select_modules(LeNet(), ["classifier.*"], ["Conv2d"], "p")

@@ -1,0 +1,130 @@
+"""The main job end to end: the real config, a few steps, real event files, checkpoints and model.pt."""
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from lightning.pytorch import Trainer
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import run_cli
+from hooktrain import HooktrainError, train
+from hooktrain.config import trainer_schema
+from hooktrain.models import LeNet
+
+LENET_LAYERS = ["features.conv1", "features.conv2", "classifier.fc1", "classifier.fc2", "classifier.fc3"]
+
+
+def read_events(log_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def test_main_job_logs_grad_stats_checkpoints_buffers_and_exports_plain_weights(make_cfg, tmp_path):
+    cfg = make_cfg("model=lenet", "plugins=[grad_logger]", "plugins.grad_logger.every_n_steps=2")
+    metrics = train(cfg)
+    assert set(metrics) == {"test/acc", "test/loss"}
+
+    events = read_events(tmp_path / "tensorboard")
+    scalars, histograms = events.Tags()["scalars"], events.Tags()["histograms"]
+    for layer in LENET_LAYERS:
+        for stat in ("grad_norm", "param_grad_norm", "ema_grad_norm", "ema_param_grad_norm"):
+            assert [event.step for event in events.Scalars(f"grad_logger/{stat}/{layer}")] == [0, 2]
+        assert f"grad_logger/grad/{layer}" in histograms
+    assert "test/acc" in scalars
+    assert "custom_scalars__config__" in events.Tags()["tensors"]  # one chart per stat, a line per layer
+    logged = events.Scalars("grad_logger/grad_norm/features.conv1")[-1].value
+
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    state = checkpoint["state_dict"]
+    assert state["plugin_state.grad_logger.updates"].item() == 2  # steps 0 and 2 of 4
+    assert state["plugin_state.grad_logger.ema_grad_norm"].shape == (len(LENET_LAYERS),)
+    assert torch.isfinite(state["plugin_state.grad_logger.ema_grad_norm"]).all()
+    assert logged > 0
+
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)
+    plain = LeNet(in_channels=1, num_classes=10, image_size=32)
+    plain.load_state_dict(weights)  # strict: no plugin_state, no "model." prefix
+    assert (tmp_path / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "nested"])
+def test_other_models_train_with_the_plugin_on_their_layers(make_cfg, tmp_path, model_name):
+    train(make_cfg(f"model={model_name}", "plugins=[grad_logger]", "plugins.grad_logger.targets=[*fc1]"))
+    tags = read_events(tmp_path / "tensorboard").Tags()["scalars"]
+    expected = "fc1" if model_name == "mlp" else "head.fc1"
+    assert f"grad_logger/grad_norm/{expected}" in tags
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resuming in place
+def test_resume_restores_plugin_buffers_and_continues(make_cfg, tmp_path):
+    train(make_cfg("model=mlp", "plugins=[grad_logger]", "plugins.grad_logger.every_n_steps=1"))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    before = torch.load(last, weights_only=True)
+    assert before["global_step"] == 4
+    train(make_cfg("model=mlp", "plugins=[grad_logger]", "plugins.grad_logger.every_n_steps=1", "trainer.max_epochs=2", f"ckpt_path={last}"))
+    after = torch.load(last, weights_only=True)
+    assert after["global_step"] == 8
+    assert after["state_dict"]["plugin_state.grad_logger.updates"].item() == 8  # 4 restored + 4 new
+
+
+def test_trainer_schema_covers_every_plain_trainer_argument(make_cfg):
+    keys = set(make_cfg().trainer)
+    arguments = set(inspect.signature(Trainer.__init__).parameters) - {"self", "callbacks", "logger", "plugins"}
+    assert arguments <= keys, arguments - keys
+    assert set(trainer_schema().__dataclass_fields__) == keys
+    assert make_cfg("trainer.gradient_clip_val=0.5").trainer.gradient_clip_val == 0.5
+    with pytest.raises(ConfigCompositionException, match="max_epoch"):
+        make_cfg("trainer.max_epoch=3")
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("plugins.grad_logger.ema_decay=1.0", r"`plugins.grad_logger.ema_decay` must be a number in \[0.0, 1.0\), got 1.0"),
+        ("task.optimizer.lr=-0.1", r"`task.optimizer` / `task.scheduler`: Invalid learning rate: -0.1"),
+        ("model.image_size=16", r"the model cannot take the data's images of shape \(1, 8, 8\)"),
+        ("ckpt_path=/no/such.ckpt", r"`ckpt_path`: no checkpoint file at '/no/such.ckpt'"),
+        ("model.num_classes=5", r"the model outputs shape \(5,\) per sample but the data has 10 classes"),
+        ("model._target_=hooktrain.models.Nope", r"cannot build `model` \(hooktrain.models.Nope\): ModuleNotFoundError: No module named"),
+    ],
+)
+def test_bad_values_stop_before_training_with_the_field_named(make_cfg, tmp_path, override, message):
+    extra = ["data.image_size=8"] if override.startswith("model.image_size") else []
+    with pytest.raises(HooktrainError, match=message):
+        train(make_cfg("plugins=[grad_logger]", override, *extra))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("plugins=[grad_logger,no_such_plugin]", r"error: unknown plugin 'no_such_plugin' in `plugins=\[grad_logger,no_such_plugin\]`; available plugins: grad_logger"),
+        ("plugins.grad_logger.every_n_steps=0", r"error: `plugins.grad_logger.every_n_steps` must be an integer >= 1, got 0"),
+        ("plugins.grad_logger.targets=[no_such_layer*]", r"error: `plugins.grad_logger.targets`: pattern 'no_such_layer\*' matches no module"),
+    ],
+)
+def test_cli_errors_are_one_sentence_without_traceback(tmp_path, override, message):
+    plugins = [] if override.startswith("plugins=") else ["plugins=[grad_logger]"]
+    result = run_cli("train.py", *plugins, override, f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    assert __import__("re").search(message, result.stderr), result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_cli_lists_plugins_and_config_groups():
+    listing = run_cli("-m", "hooktrain", "plugins")
+    assert listing.returncode == 0, listing.stderr
+    assert "grad_logger  (plugins.grad_logger.GradLogger)" in listing.stdout
+    assert "Logs per-layer gradient norms" in listing.stdout
+    assert "every_n_steps: 10" in listing.stdout
+
+    help_text = run_cli("train.py", "--help").stdout
+    for group in ("model: lenet, mlp, nested", "data: digits, synthetic", "trainer: cpu, ddp, gpu", "logger: csv, tensorboard", "plugins: grad_logger"):
+        assert group in help_text, help_text
