@@ -123,7 +123,7 @@ def test_cli_lists_plugins_and_config_groups():
     assert listing.returncode == 0, listing.stderr
     assert "grad_logger  (plugins.grad_logger.GradLogger)" in listing.stdout
     assert "Logs per-layer gradient norms" in listing.stdout
-    assert "every_n_steps: 10" in listing.stdout
+    assert "every_n_steps: 50" in listing.stdout
 
     help_text = run_cli("train.py", "--help").stdout
     for group in ("model: lenet, mlp, nested", "data: digits, synthetic", "trainer: cpu, ddp, gpu", "logger: csv, tensorboard", "plugins: grad_logger"):

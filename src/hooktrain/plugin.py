@@ -14,7 +14,7 @@ module's inputs, output or gradient. Logging plugins return ``None``.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
@@ -31,6 +31,7 @@ class StepInfo:
 
     step: int = 0
     scaler: Any = None  # the GradScaler of a mixed-precision run, else None
+    seconds: dict[str, float] = field(default_factory=dict)  # host time spent in each plugin's code this step
 
 
 class HookContext:
@@ -47,12 +48,12 @@ class HookContext:
         self.module_name = module_name
         self.index = index
         self._stats = stats
-        self._info = info
+        self.info = info
 
     @property
     def step(self) -> int:
         """The optimizer step being computed (Lightning's ``global_step``)."""
-        return self._info.step
+        return self.info.step
 
     def record(self, stat: str, value: Tensor) -> None:
         """Adds a scalar tensor for this module; averaged over the step's calls, all-reduced, logged.
@@ -67,7 +68,7 @@ class HookContext:
 
     def unscale(self, grad: Tensor) -> Tensor:
         """Divides a gradient by the GradScaler's scale under mixed precision; returns it as is otherwise."""
-        scaler = self._info.scaler
+        scaler = self.info.scaler
         scale = getattr(scaler, "_scale", None) if scaler is not None and scaler.is_enabled() else None
         return grad if scale is None else grad / scale
 

@@ -21,7 +21,14 @@ class PluginInfo:
 
 
 def plugin_names(config_dir: Path) -> list[str]:
-    """The names ``plugins=[...]`` accepts: one per ``<config_dir>/plugins/<name>.yaml``."""
+    """The names ``plugins=[...]`` accepts: one per ``<config_dir>/plugins/<name>.yaml``.
+
+    The folder holding ``config_dir`` is put on ``sys.path`` so that ``plugins.<name>`` imports
+    (train.py gets this for free: Python puts the script's folder first on the path).
+    """
+    root = str(config_dir.resolve().parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
     return sorted(path.stem for path in (config_dir / "plugins").glob("*.yaml"))
 
 
@@ -49,17 +56,10 @@ def check_plugin_overrides(args: list[str], config_dir: Path) -> None:
 
 
 def available_plugins(config_dir: Path) -> list[PluginInfo]:
-    """Every ``<config_dir>/plugins/<name>.yaml``, with its class's one-line docstring and its parameters.
-
-    The folder beside ``config_dir`` is put on ``sys.path`` so that ``plugins.<name>`` imports.
-    """
-    plugin_dir = config_dir / "plugins"
-    if not plugin_dir.is_dir():
-        raise HooktrainError(f"no plugin configs: {plugin_dir} is not a folder; run from the project root or pass --config-dir")
-    root = str(config_dir.resolve().parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    return [_describe(path) for path in sorted(plugin_dir.glob("*.yaml"))]
+    """Every ``<config_dir>/plugins/<name>.yaml``, with its class's one-line docstring and its parameters."""
+    if not (config_dir / "plugins").is_dir():
+        raise HooktrainError(f"no plugin configs: {config_dir / 'plugins'} is not a folder; run from the project root or pass --config-dir")
+    return [_describe(config_dir / "plugins" / f"{name}.yaml") for name in plugin_names(config_dir)]
 
 
 def _describe(path: Path) -> PluginInfo:

@@ -1,6 +1,7 @@
 """The main job: build everything from the config, fit, test, export the model's weights."""
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -23,17 +24,22 @@ def run(cfg: DictConfig) -> None:
         raise SystemExit(f"error: {error}") from None
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Reads top to bottom: data, model, task, plugins, callbacks, logger, trainer, fit, test, export.
+@dataclass
+class Run:
+    """What a config builds: everything ``train`` fits, tests and exports (and the benchmark times)."""
 
-    Returns:
-        The test metrics, e.g. ``{"test/acc": 0.98, "test/loss": 0.07}``.
+    trainer: pl.Trainer
+    task: pl.LightningModule
+    datamodule: pl.LightningDataModule
+
+
+def build_run(cfg: DictConfig) -> Run:
+    """Reads top to bottom: data, model, task, plugins, callbacks, logger, trainer; all checked before training.
 
     Raises:
-        HooktrainError: a config value is wrong; raised before training starts.
+        HooktrainError: a config value is wrong; the message names the field.
     """
     pl.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
     datamodule = build(cfg.data, "data")
     model = build(cfg.model, "model")
     check_model_takes_data(model, datamodule)
@@ -43,15 +49,30 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [build(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items()]
     logger = build(cfg.logger, "logger")
     trainer = build(cfg.trainer, "trainer", callbacks=[*callbacks, PluginRunner(plugins)], logger=logger)
+    return Run(trainer, task, datamodule)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Builds the run, fits (resuming from ``ckpt_path``), tests the best checkpoint, exports ``model.pt``.
+
+    Returns:
+        The test metrics, e.g. ``{"test/acc": 0.98, "test/loss": 0.07}``.
+
+    Raises:
+        HooktrainError: a config value is wrong; raised before training starts.
+    """
+    run = build_run(cfg)
+    trainer, task = run.trainer, run.task
     ckpt_path = check_ckpt_path(cfg.get("ckpt_path"))
+    output_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(task, datamodule=run.datamodule, ckpt_path=ckpt_path)
     checkpoint = trainer.checkpoint_callback
     best = "best" if checkpoint is not None and getattr(checkpoint, "best_model_path", "") else None
-    results = trainer.test(task, datamodule=datamodule, ckpt_path=best)
+    results = trainer.test(task, datamodule=run.datamodule, ckpt_path=best)
 
     if trainer.is_global_zero:
         torch.save(task.model.state_dict(), output_dir / "model.pt")

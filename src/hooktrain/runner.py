@@ -1,6 +1,7 @@
 """PluginRunner: the Lightning Callback that attaches plugin hooks, flushes their statistics and cleans up."""
 
 import logging
+import time
 import warnings
 from typing import Any
 
@@ -43,6 +44,7 @@ class _Hook:
         self.ctx = ctx
 
     def __call__(self, module: nn.Module, *args: Any) -> Any:
+        start = time.perf_counter()
         try:
             return getattr(self.plugin, self.kind)(self.ctx, module, *args)
         except PluginHookError:
@@ -52,6 +54,9 @@ class _Hook:
                 f"plugin {self.plugin.name!r} failed in its {self.kind} hook on module "
                 f"{self.ctx.module_name!r}: {type(error).__name__}: {error}"
             ) from error
+        finally:
+            seconds = self.ctx.info.seconds
+            seconds[self.plugin.name] = seconds.get(self.plugin.name, 0.0) + time.perf_counter() - start
 
 
 class PluginRunner(Callback):
@@ -183,10 +188,13 @@ class PluginRunner(Callback):
             for (name, stat), row in zip(keys, reduced):
                 recorded[name][stat] = row
         logged: list[tuple[str, str, Tensor, list[bool]]] = []
+        seconds = self.info.seconds
         for plugin in plugins:
             stats = self._stats[plugin.name]
             means = recorded[plugin.name]
+            start = time.perf_counter()
             extra = plugin.update(pl_module.plugin_state[plugin.name], means)
+            seconds[plugin.name] = seconds.get(plugin.name, 0.0) + time.perf_counter() - start
             for stat, values in means.items():
                 logged.append((plugin.name, stat, values, stats.recorded(stat)))
             for stat, values in extra.items():
@@ -195,29 +203,38 @@ class PluginRunner(Callback):
             self._log(trainer, plugins, logged)
         for plugin in plugins:
             self._stats[plugin.name].clear()
+        seconds.clear()
 
     def _log(self, trainer: pl.Trainer, plugins: list[HookPlugin], logged: list[tuple[str, str, Tensor, list[bool]]]) -> None:
-        step = self.info.step
-        metrics: dict[str, float] = {}
-        if logged:
-            host = torch.cat([values.detach().float().flatten() for _, _, values, _ in logged]).cpu().tolist()
-            position = 0
-            for plugin_name, stat, values, present in logged:
-                contexts = self._contexts[plugin_name]
-                for (_, ctx), value, keep in zip(contexts, host[position : position + len(values)], present):
-                    if keep:
-                        metrics[f"{plugin_name}/{stat}/{ctx.module_name}"] = value
-                position += len(values)
+        """Rank 0: scalars to every logger; histograms and the custom-scalars layout to TensorBoard."""
+        histograms = [
+            (f"{plugin.name}/{stat}/{self._contexts[plugin.name][index][1].module_name}", summary)
+            for plugin in plugins
+            for (stat, index), summary in self._stats[plugin.name].histograms.items()
+        ]
+        parts = [values.detach().float().flatten() for _, _, values, _ in logged] + [summary for _, summary in histograms]
+        host = torch.cat(parts).cpu().tolist() if parts else []  # the one device-to-host copy of this step
+        step, position = self.info.step, 0
+        # Host time in each plugin's hooks and update this step (on a GPU: launch time, not kernel time).
+        metrics = {f"plugin/overhead_ms/{name}": 1000 * spent for name, spent in self.info.seconds.items()}
+        for plugin_name, stat, values, present in logged:
+            for (_, ctx), value, keep in zip(self._contexts[plugin_name], host[position : position + len(values)], present):
+                if keep:
+                    metrics[f"{plugin_name}/{stat}/{ctx.module_name}"] = value
+            position += len(values)
+        if metrics:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
         writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-        for plugin in plugins:
-            for (stat, index), values in self._stats[plugin.name].histograms.items():
-                tag = f"{plugin.name}/{stat}/{self._contexts[plugin.name][index][1].module_name}"
-                for writer in writers:
-                    writer.add_histogram(tag, values.float().cpu(), global_step=step)
+        for tag, summary in histograms:
+            low, high, count, total, squares, *counts = host[position : position + len(summary)]
+            position += len(summary)
+            width = (high - low) / len(counts)
+            limits = [low + width * (i + 1) for i in range(len(counts))]
+            for writer in writers:
+                writer.add_histogram_raw(tag, low, high, count, total, squares, limits, counts, global_step=step)
         if writers and not self._layout_written and len(plugins) == len(self.plugins):
-            layout = {}
+            layout: dict[str, dict[str, list]] = {}
             for plugin_name, stat, _, _ in logged:
                 layout.setdefault(plugin_name, {})[stat] = ["Multiline", [rf"^{plugin_name}/{stat}/"]]
             for writer in writers:

@@ -3,6 +3,25 @@
 import torch
 from torch import Tensor
 
+HISTOGRAM_BINS = 64
+
+
+def histogram_summary(values: Tensor, bins: int = HISTOGRAM_BINS) -> Tensor:
+    """``[min, max, count, sum, sum of squares, counts of bins equal-width buckets]`` as one tensor.
+
+    Computed on the values' device without a host sync (no ``histc`` range lookup, no ``bincount``
+    size), so a hook can summarize a large gradient and drop it. TensorBoard's own
+    ``add_histogram`` would copy the values and run NumPy, whose threads then compete with
+    torch's on small machines.
+    """
+    flat = values.flatten().float()
+    low, high = flat.min(), flat.max()
+    width = (high - low).clamp_min(torch.finfo(torch.float32).tiny) / bins
+    index = ((flat - low) / width).long().clamp_(0, bins - 1)
+    counts = torch.zeros(bins, device=flat.device).scatter_add_(0, index, torch.ones_like(flat))
+    moments = torch.stack([low, high, torch.tensor(float(flat.numel()), device=flat.device), flat.sum(), flat.square().sum()])
+    return torch.cat([moments, counts])
+
 
 class StepStats:
     """Sums and call counts per (statistic, module index) for one active step.
@@ -27,7 +46,7 @@ class StepStats:
         self.counts[stat][index] += 1
 
     def add_histogram(self, stat: str, index: int, values: Tensor) -> None:
-        self.histograms[(stat, index)] = values.detach()
+        self.histograms[(stat, index)] = histogram_summary(values.detach())
 
     def means(self) -> dict[str, Tensor]:
         """Each statistic as a ``(num_modules,)`` tensor of means; NaN where a module recorded nothing."""

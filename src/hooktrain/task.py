@@ -34,29 +34,41 @@ class ClassifierTask(pl.LightningModule):
         return self.model(x)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)
-        accuracy = (logits.argmax(dim=1) == y).float().mean()
-        # Epoch values accumulate as tensors; only val/test reach the progress bar (no per-step host sync).
-        self.log_dict(
-            {f"{stage}/loss": loss, f"{stage}/acc": accuracy},
-            on_step=stage == "train",
-            on_epoch=True,
-            prog_bar=stage != "train",
-            batch_size=len(y),
-            sync_dist=stage != "train",
-        )
+        correct = (logits.argmax(dim=1) == y).sum()
+        # Epoch sums stay on the device; `self.log` every step would cost more than a small model's step.
+        self._train_sums.add_(torch.stack([loss.detach() * len(y), correct]))
+        self._train_count += len(y)
+        if self.global_step % self.trainer.log_every_n_steps == 0 and self.trainer.is_global_zero:
+            values = torch.stack([loss.detach(), correct / len(y)]).tolist()  # the one host sync, on logging steps only
+            for logger in self.loggers:
+                logger.log_metrics({"train/loss": values[0], "train/acc": values[1]}, step=self.global_step)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._train_sums = torch.zeros(2, device=self.device)  # loss * samples, correct samples
+        self._train_count = 0
+
+    def on_train_epoch_end(self) -> None:
+        loss_sum, correct = self._train_sums / max(self._train_count, 1)
+        self.log_dict({"train/loss": loss_sum, "train/acc": correct}, sync_dist=True)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        x, y = batch
+        logits = self.model(x)
+        accuracy = (logits.argmax(dim=1) == y).float().mean()
+        self.log_dict(
+            {f"{stage}/loss": F.cross_entropy(logits, y), f"{stage}/acc": accuracy},
+            prog_bar=True, batch_size=len(y), sync_dist=True,
+        )
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.model.parameters())

@@ -1,0 +1,243 @@
+"""``python -m hooktrain.bench``: training throughput of hooktrain against a raw PyTorch loop and plain Lightning.
+
+Every variant trains the same model on the same digits batches for ``--warmup`` + ``--steps``
+optimizer steps; the time of the last ``--steps`` is taken between batch starts, so it includes all
+per-step work (data, loop, logging). Variants run interleaved, ``--repeats`` times in a rotating
+order, so drift of a shared machine hits them alike; medians are reported.
+
+Variants: ``raw`` (a hand-written loop, the limit), ``lightning`` (a plain LightningModule with the
+Trainer's defaults: what users would write instead), ``hooktrain`` (train.py's config, no plugins),
+``hooktrain+<plugin>`` for each plugin at its default cadence, ``hooktrain+all`` (every plugin at
+its default cadence) and ``hooktrain+idle`` (every plugin attached on step 0 only, so idle while timed).
+"""
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig
+from torch import nn
+
+import hooktrain  # noqa: F401  registers the trainer schema
+from hooktrain.build import build
+from hooktrain.registry import plugin_names
+from hooktrain.run import build_run
+
+NEVER = 10**9  # every_n_steps that leaves a plugin active on step 0 only
+
+
+class BatchClock(Callback):
+    """Stamps the start of every training batch (it must be the first callback)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.stamps.append(time.perf_counter())
+
+
+class PlainModule(pl.LightningModule):
+    """The LightningModule a user writes without hooktrain: loss, one self.log, Adam."""
+
+    def __init__(self, model: nn.Module, lr: float) -> None:
+        super().__init__()
+        self.model, self.lr = model, lr
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self.model(x), y)
+        self.log("train/loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.model.parameters(), lr=self.lr)
+
+
+def compose_cfg(config_dir: Path, model: str, variant: str, total_steps: int, out_dir: str) -> DictConfig:
+    overrides = [
+        f"model={model}", "data.batch_size=64", f"paths.output_dir={out_dir}", f"trainer.max_steps={total_steps}",
+        "trainer.max_epochs=null", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
+        "trainer.enable_checkpointing=false", "trainer.enable_model_summary=false", "~callbacks.model_checkpoint",
+        "task.scheduler=null",
+    ]
+    names = plugin_names(config_dir)
+    if variant in ("hooktrain+all", "hooktrain+idle"):
+        overrides.append(f"plugins=[{','.join(names)}]")
+    elif variant.startswith("hooktrain+"):
+        overrides.append(f"plugins=[{variant.removeprefix('hooktrain+')}]")
+    if variant == "hooktrain+idle":
+        overrides += [f"plugins.{name}.every_n_steps={NEVER}" for name in names]
+    with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def time_variant(config_dir: Path, model: str, variant: str, warmup: int, steps: int) -> float:
+    """Seconds per optimizer step over the last ``steps`` of ``warmup + steps`` (batch start to batch start)."""
+    total = warmup + steps + 1
+    with tempfile.TemporaryDirectory() as out_dir:
+        cfg = compose_cfg(config_dir, model, variant, total, out_dir)
+        clock = BatchClock()
+        if variant == "raw":
+            return _time_raw_loop(cfg, warmup, steps)
+        if variant == "lightning":
+            pl.seed_everything(cfg.seed, verbose=False)
+            datamodule = build(cfg.data, "data")
+            module = PlainModule(build(cfg.model, "model"), lr=cfg.task.optimizer.lr)
+            trainer = pl.Trainer(
+                accelerator=cfg.trainer.accelerator, devices=1, max_steps=total, limit_val_batches=0,
+                enable_checkpointing=False, enable_model_summary=False, callbacks=[clock],
+                logger=TensorBoardLogger(out_dir, name="lightning"),
+            )
+        else:
+            run = build_run(cfg)
+            trainer, module, datamodule = run.trainer, run.task, run.datamodule
+            trainer.callbacks.insert(0, clock)
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):  # the progress bar still renders
+            trainer.fit(module, datamodule=datamodule)
+        return (clock.stamps[warmup + steps] - clock.stamps[warmup]) / steps
+
+
+def _time_raw_loop(cfg: DictConfig, warmup: int, steps: int) -> float:
+    pl.seed_everything(cfg.seed, verbose=False)
+    datamodule = build(cfg.data, "data")
+    datamodule.setup("fit")
+    model = build(cfg.model, "model")
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.task.optimizer.lr)
+    model.train()
+    stamps: list[float] = []
+    while len(stamps) <= warmup + steps:
+        for x, y in datamodule.train_dataloader():
+            stamps.append(time.perf_counter())
+            if len(stamps) > warmup + steps:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    return (stamps[warmup + steps] - stamps[warmup]) / steps
+
+
+def peak_memory_mb(config_dir: Path, model: str, variant: str, warmup: int, steps: int) -> float:
+    """Peak resident memory a training run adds, measured in a fresh process (peaks only grow)."""
+    code = (
+        "import resource, sys; from pathlib import Path; from hooktrain.bench import time_variant, rss_mb;"
+        "base = rss_mb(); time_variant(Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]));"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(config_dir), model, variant, str(warmup), str(steps)],
+        capture_output=True, text=True, check=True,
+    )
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m hooktrain.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["lenet", "mlp"])
+    parser.add_argument("--steps", type=int, default=200, help="timed optimizer steps per run")
+    parser.add_argument("--warmup", type=int, default=30, help="untimed steps first")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="also measure peak memory (one process per variant)")
+    parser.add_argument("--config-dir", type=Path, default=Path("conf"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(torch.get_num_threads())
+
+    names = plugin_names(args.config_dir)
+    variants = ["raw", "lightning", "hooktrain", *[f"hooktrain+{name}" for name in names], "hooktrain+all", "hooktrain+idle"]
+    times: dict[tuple[str, str], list[float]] = {(m, v): [] for m in args.models for v in variants}
+    for repeat in range(args.repeats):
+        order = variants[repeat % len(variants):] + variants[: repeat % len(variants)]
+        for model in args.models:
+            for variant in order:
+                gc.collect()
+                times[(model, variant)].append(time_variant(args.config_dir, model, variant, args.warmup, args.steps))
+        print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
+
+    rows = []
+    for model in args.models:
+        raw = statistics.median(times[(model, "raw")])
+        for variant in variants:
+            median = statistics.median(times[(model, variant)])
+            rows.append({
+                "model": model, "variant": variant, "median_step_ms": 1000 * median,
+                "samples_per_s": 64 / median, "vs_raw": raw / median,
+                "runs_ms": [round(1000 * t, 3) for t in times[(model, variant)]],
+            })
+    if args.memory:
+        for row in rows:
+            if row["variant"] in ("hooktrain", "hooktrain+all", "hooktrain+idle"):
+                row["peak_mb"] = peak_memory_mb(args.config_dir, row["model"], row["variant"], args.warmup, args.steps)
+
+    goals = check_goals(rows, args.models)
+    report = {
+        "date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "threads": torch.get_num_threads(), "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+        "rows": rows, "goals": goals,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
+    markdown = to_markdown(report)
+    (args.out / "bench.md").write_text(markdown)
+    print(markdown)
+
+
+def check_goals(rows: list[dict], models: list[str]) -> list[dict]:
+    """The performance goals, each with its measured ratio and whether it holds."""
+    by = {(row["model"], row["variant"]): row for row in rows}
+    goals = []
+    for model in models:
+        base = by[(model, "hooktrain")]
+        checks = [
+            ("idle plugins cost <= 1% (hooktrain+idle vs hooktrain)", base["median_step_ms"] and by[(model, "hooktrain+idle")]["median_step_ms"] / base["median_step_ms"], "<=", 1.01),
+            ("all plugins at default cadence cost <= 5% (hooktrain+all vs hooktrain)", by[(model, "hooktrain+all")]["median_step_ms"] / base["median_step_ms"], "<=", 1.05),
+            ("hooktrain without plugins >= 0.90x the raw loop", base["vs_raw"], ">=", 0.90),
+        ]
+        if "peak_mb" in base:
+            checks.append(("peak memory with all plugins within 5% (hooktrain+all vs hooktrain)", by[(model, "hooktrain+all")]["peak_mb"] / base["peak_mb"], "<=", 1.05))
+        for name, value, op, bound in checks:
+            holds = value <= bound if op == "<=" else value >= bound
+            goals.append({"model": model, "goal": name, "value": round(value, 4), "bound": f"{op} {bound}", "holds": holds})
+    return goals
+
+
+def to_markdown(report: dict) -> str:
+    lines = [
+        f"Benchmark of {report['date']} on {report['machine']}, {report['threads']} threads; batch 64, "
+        f"median of {report['repeats']} interleaved runs of {report['steps']} steps after {report['warmup']} warm-up steps.",
+        "",
+        "| model | variant | median step (ms) | samples/s | vs raw loop | peak memory added (MB) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in report["rows"]:
+        peak = f"{row['peak_mb']:.1f}" if "peak_mb" in row else ""
+        lines.append(f"| {row['model']} | {row['variant']} | {row['median_step_ms']:.3f} | {row['samples_per_s']:.0f} | {row['vs_raw']:.3f}x | {peak} |")
+    lines += ["", "| model | goal | measured | bound | holds |", "| --- | --- | ---: | --- | --- |"]
+    for goal in report["goals"]:
+        lines.append(f"| {goal['model']} | {goal['goal']} | {goal['value']:.4f} | {goal['bound']} | {'yes' if goal['holds'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
