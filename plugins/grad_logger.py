@@ -5,6 +5,7 @@ from torch import Tensor, nn
 
 from hooktrain.errors import check_in_range
 from hooktrain.plugin import HookContext, HookPlugin
+from hooktrain.stats import ema_update_
 
 
 class GradLogger(HookPlugin):
@@ -30,10 +31,10 @@ class GradLogger(HookPlugin):
         self.ema_decay = check_in_range(self.field("ema_decay"), ema_decay, 0.0, 1.0)
         self.histograms = bool(histograms)
 
-    def setup(self, state: nn.Module, module_names: list[str]) -> None:
+    def setup(self, state: nn.Module, modules: dict[str, nn.Module]) -> None:
         # NaN until a module's first value arrives, which then becomes the average as it is.
-        state.register_buffer("ema_grad_norm", torch.full((len(module_names),), float("nan")))
-        state.register_buffer("ema_param_grad_norm", torch.full((len(module_names),), float("nan")))
+        state.register_buffer("ema_grad_norm", torch.full((len(modules),), float("nan")))
+        state.register_buffer("ema_param_grad_norm", torch.full((len(modules),), float("nan")))
         state.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     def backward(self, ctx: HookContext, module: nn.Module, grad_input: tuple, grad_output: tuple) -> None:
@@ -52,14 +53,10 @@ class GradLogger(HookPlugin):
             ctx.record("param_grad_norm", torch.linalg.vector_norm(norms))
 
     def update(self, state: nn.Module, stats: dict[str, Tensor]) -> dict[str, Tensor]:
-        averages = {}
-        for stat in ("grad_norm", "param_grad_norm"):
-            if stat not in stats:
-                continue
-            ema = state.get_buffer(f"ema_{stat}")
-            value = stats[stat]
-            blended = torch.where(torch.isnan(ema), value, torch.lerp(value, ema, self.ema_decay))
-            ema.copy_(torch.where(torch.isnan(value), ema, blended))  # in place: DDP broadcasts buffers
-            averages[f"ema_{stat}"] = ema
+        averages = {
+            f"ema_{stat}": ema_update_(state.get_buffer(f"ema_{stat}"), stats[stat], self.ema_decay)
+            for stat in ("grad_norm", "param_grad_norm")
+            if stat in stats
+        }
         state.updates.add_(1)
         return averages

@@ -45,7 +45,7 @@ def test_gradient_norms_match_autograd_on_the_first_step():
 def test_ema_update_is_in_place_and_skips_missing_values():
     plugin = GradLogger(name="g", ema_decay=0.75)
     state = nn.Module()
-    plugin.setup(state, ["a", "b"])
+    plugin.setup(state, {"a": nn.Linear(1, 1), "b": nn.Linear(1, 1)})
     ema = state.ema_grad_norm
     plugin.update(state, {"grad_norm": torch.tensor([4.0, 8.0])})
     plugin.update(state, {"grad_norm": torch.tensor([8.0, float("nan")]), "param_grad_norm": torch.tensor([1.0, 2.0])})

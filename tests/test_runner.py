@@ -112,8 +112,8 @@ def test_an_exception_in_a_hook_names_plugin_kind_and_module_and_leaves_no_hook(
 
 def test_plugin_state_is_buffers_in_the_lightning_state_dict_not_in_the_model():
     class Counter(HookPlugin):
-        def setup(self, state, module_names):
-            state.register_buffer("calls", torch.zeros(len(module_names)))
+        def setup(self, state, modules):
+            state.register_buffer("calls", torch.zeros(len(modules)))
 
         def forward(self, ctx, module, args, output):
             ctx.record("one", torch.ones(()))

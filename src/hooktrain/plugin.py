@@ -30,6 +30,7 @@ class StepInfo:
     """Shared by all contexts of a run; the runner updates it at the start of every training batch."""
 
     step: int = 0
+    total_steps: float = float("inf")  # optimizer steps the fit will take (Lightning's estimate)
     scaler: Any = None  # the GradScaler of a mixed-precision run, else None
     seconds: dict[str, float] = field(default_factory=dict)  # host time spent in each plugin's code this step
 
@@ -56,9 +57,9 @@ class HookContext:
         return self.info.step
 
     def record(self, stat: str, value: Tensor) -> None:
-        """Adds a scalar tensor for this module; averaged over the step's calls, all-reduced, logged.
+        """Adds a tensor for this module; averaged over the step's calls and over ranks, then given to ``update``.
 
-        It stays on its device: no host sync. Logged as ``<plugin>/<stat>/<module_name>``.
+        It stays on its device: no host sync. A scalar is also logged as ``<plugin>/<stat>/<module_name>``.
         """
         self._stats.add_scalar(stat, self.index, value)
 
@@ -78,8 +79,11 @@ class HookPlugin:
 
     Args:
         name: the plugin's key under ``plugins`` in the config; the runner passes it.
-        every_n_steps: the plugin is active (hooks attached, statistics logged) on optimizer steps
+        every_n_steps: the plugin is active (hooks attached, buffers updated) on optimizer steps
             that are multiples of this. Steps in between cost nothing: no hook is attached.
+        log_every_n_steps: statistics are logged on active steps that are multiples of this; by
+            default every active step. Must be a multiple of ``every_n_steps``. Plugins that act
+            on every step (clipping) log less often, since logging copies values to the host.
         targets: globs over ``model.named_modules()`` names, e.g. ``["features.*"]``.
         types: module class names, e.g. ``["Conv2d", "Linear"]``. Without targets and types,
             the plugin hooks every leaf module that has parameters.
@@ -92,10 +96,20 @@ class HookPlugin:
     """
 
     def __init__(
-        self, name: str, every_n_steps: int = 1, targets: Sequence[str] = (), types: Sequence[str] = ()
+        self,
+        name: str,
+        every_n_steps: int = 1,
+        targets: Sequence[str] = (),
+        types: Sequence[str] = (),
+        log_every_n_steps: int | None = None,
     ) -> None:
         self.name = name
         self.every_n_steps = check_positive_int(self.field("every_n_steps"), every_n_steps)
+        self.log_every_n_steps = check_positive_int(self.field("log_every_n_steps"), log_every_n_steps or every_n_steps)
+        if self.log_every_n_steps % self.every_n_steps:
+            raise HooktrainError(
+                f"`{self.field('log_every_n_steps')}` must be a multiple of `every_n_steps` ({every_n_steps}), got {log_every_n_steps}"
+            )
         self.targets = self._string_list("targets", targets)
         self.types = self._string_list("types", types)
 
@@ -105,6 +119,9 @@ class HookPlugin:
 
     def is_active(self, step: int) -> bool:
         return step % self.every_n_steps == 0
+
+    def is_logging(self, step: int) -> bool:
+        return step % self.log_every_n_steps == 0
 
     def hook_kinds(self) -> list[str]:
         """The hook kinds this plugin overrides: exactly those get registered."""
@@ -131,16 +148,24 @@ class HookPlugin:
     def before_optimizer_step(self, ctx: HookContext, module: nn.Module) -> None:
         """Called on active steps for each selected module, when parameter gradients are final and unscaled."""
 
+    def after_optimizer_step(self, ctx: HookContext, module: nn.Module) -> None:
+        """Called on active steps for each selected module, after the optimizer updated the parameters."""
+
     # State: buffers on a small module registered under the LightningModule as plugin_state.<name>.
 
-    def setup(self, state: nn.Module, module_names: list[str]) -> None:
-        """Registers this plugin's buffers on ``state``; called once, before a checkpoint is restored."""
+    def setup(self, state: nn.Module, modules: dict[str, nn.Module]) -> None:
+        """Registers this plugin's buffers on ``state``; called once, before a checkpoint is restored.
+
+        ``modules`` maps qualified names to the selected modules, in the order of ``ctx.index``.
+        """
 
     def update(self, state: nn.Module, stats: dict[str, Tensor]) -> dict[str, Tensor]:
         """Folds one active step's statistics into the buffers, in place; returns more statistics to log.
 
-        Each value of ``stats`` is a ``(num_modules,)`` tensor, already averaged over the processes
-        of a distributed run, so every rank writes the same buffers.
+        Each value of ``stats`` is a ``(num_modules, *shape)`` tensor of what ``ctx.record`` got,
+        already averaged over the processes of a distributed run, so every rank writes the same
+        buffers. Returned tensors of shape ``(num_modules,)`` are logged as scalars, of shape
+        ``(num_modules, H, W)`` with values in [0, 1] as TensorBoard images.
         """
         return {}
 

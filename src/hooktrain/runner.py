@@ -30,10 +30,11 @@ _REGISTER = {
     "backward_pre": nn.Module.register_full_backward_pre_hook,
     "backward": nn.Module.register_full_backward_hook,
 }
+_STEP_METHODS = ("before_optimizer_step", "after_optimizer_step")
 
 
 class _Hook:
-    """One registered hook: calls the plugin's method with its context and names the culprit on error.
+    """One call into a plugin: passes its context, times it, and names the culprit on error.
 
     A plain object with a bound method, not a closure, so a model with hooks attached still pickles.
     """
@@ -64,9 +65,10 @@ class PluginRunner(Callback):
 
     Per plugin, on training batches of an active optimizer step (``global_step % every_n_steps == 0``),
     the overridden hook kinds are registered on the selected modules; on other steps no hook is
-    attached at all. When the optimizer step completes, the recorded statistics are averaged over
-    ranks, folded into the plugin's buffers (``plugin_state.<name>`` under the LightningModule) and
-    logged by rank 0 as ``<plugin>/<stat>/<module>``. Every handle is removed on teardown and on error.
+    attached at all. When an active optimizer step completes, the recorded statistics are averaged
+    over ranks and folded into the plugin's buffers (``plugin_state.<name>`` under the
+    LightningModule); on its logging steps rank 0 logs them as ``<plugin>/<stat>/<module>``, with
+    one device-to-host copy for all plugins. Every handle is removed on teardown and on error.
 
     Args:
         plugins: the plugins, with distinct names.
@@ -133,15 +135,18 @@ class PluginRunner(Callback):
             ]
             if plugin.name not in pl_module.plugin_state:
                 state = nn.Module()
-                plugin.setup(state, names)
+                plugin.setup(state, dict(selected))
                 pl_module.plugin_state[plugin.name] = state
-            kinds = "+".join(plugin.hook_kinds() + (["before_optimizer_step"] if plugin.overrides("before_optimizer_step") else []))
+            kinds = "+".join(plugin.hook_kinds() + [method for method in _STEP_METHODS if plugin.overrides(method)])
             for name in names:
                 hook_map.setdefault(name, []).append(f"{plugin.name}[{kinds}] every {plugin.every_n_steps} steps")
         if hook_map:
             width = max(map(len, hook_map))
             lines = [f"  {name:<{width}}  {', '.join(entries)}" for name, entries in hook_map.items()]
             rank_zero_info("hook map (module: plugin[hooks]):\n" + "\n".join(lines))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.info.total_steps = trainer.estimated_stepping_batches
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self.info.step = trainer.global_step
@@ -152,14 +157,12 @@ class PluginRunner(Callback):
                 self.attach(plugin) if active else self.detach(plugin)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        for plugin in self.plugins:
-            if self.is_attached(plugin) and plugin.overrides("before_optimizer_step"):
-                for module, ctx in self._contexts[plugin.name]:
-                    _Hook(plugin, "before_optimizer_step", ctx)(module)
+        self._call_per_module("before_optimizer_step")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step == self.info.step:
             return  # gradient accumulation: the optimizer step is not complete yet
+        self._call_per_module("after_optimizer_step")
         active = [plugin for plugin in self.plugins if self.is_attached(plugin)]
         if active:
             self.flush(trainer, pl_module, active)
@@ -176,17 +179,19 @@ class PluginRunner(Callback):
         self.detach_all()
         self.info.scaler = None
 
-    # Flushing: reduce, update buffers, log. One host transfer for all plugins together.
+    def _call_per_module(self, method: str) -> None:
+        for plugin in self.plugins:
+            if self.is_attached(plugin) and plugin.overrides(method):
+                for module, ctx in self._contexts[plugin.name]:
+                    _Hook(plugin, method, ctx)(module)
+
+    # Flushing: reduce over ranks, update buffers, log on logging steps with one host copy.
 
     def flush(self, trainer: pl.Trainer, pl_module: pl.LightningModule, plugins: list[HookPlugin]) -> None:
         """Averages the step's statistics over ranks, lets plugins update buffers, logs on rank 0."""
         recorded = {plugin.name: self._stats[plugin.name].means() for plugin in plugins}
-        keys = [(name, stat) for name, means in recorded.items() for stat in means]
-        if keys:
-            flat = torch.stack([recorded[name][stat] for name, stat in keys])  # (num_stats, num_modules)
-            reduced = trainer.strategy.reduce(flat, reduce_op="mean") if trainer.world_size > 1 else flat
-            for (name, stat), row in zip(keys, reduced):
-                recorded[name][stat] = row
+        if trainer.world_size > 1:
+            self._reduce(trainer, recorded)
         logged: list[tuple[str, str, Tensor, list[bool]]] = []
         seconds = self.info.seconds
         for plugin in plugins:
@@ -195,48 +200,76 @@ class PluginRunner(Callback):
             start = time.perf_counter()
             extra = plugin.update(pl_module.plugin_state[plugin.name], means)
             seconds[plugin.name] = seconds.get(plugin.name, 0.0) + time.perf_counter() - start
-            for stat, values in means.items():
-                logged.append((plugin.name, stat, values, stats.recorded(stat)))
-            for stat, values in extra.items():
-                logged.append((plugin.name, stat, values, [True] * len(values)))
-        if trainer.is_global_zero:
-            self._log(trainer, plugins, logged)
+            if plugin.is_logging(self.info.step):
+                logged += [(plugin.name, stat, values, stats.recorded(stat)) for stat, values in means.items()]
+                logged += [(plugin.name, stat, values, [True] * len(values)) for stat, values in extra.items()]
+        if trainer.is_global_zero and logged:
+            self._log(trainer, [plugin for plugin in plugins if plugin.is_logging(self.info.step)], logged)
         for plugin in plugins:
             self._stats[plugin.name].clear()
         seconds.clear()
 
+    @staticmethod
+    def _reduce(trainer: pl.Trainer, recorded: dict[str, dict[str, Tensor]]) -> None:
+        """One all-reduce (mean) for every statistic of every plugin, written back in place of the local values."""
+        keys = [(name, stat) for name, means in recorded.items() for stat in means]
+        if not keys:
+            return
+        tensors = [recorded[name][stat] for name, stat in keys]
+        flat = trainer.strategy.reduce(torch.cat([tensor.flatten() for tensor in tensors]), reduce_op="mean")
+        for (name, stat), tensor, part in zip(keys, tensors, flat.split([t.numel() for t in tensors])):
+            recorded[name][stat] = part.view_as(tensor)
+
     def _log(self, trainer: pl.Trainer, plugins: list[HookPlugin], logged: list[tuple[str, str, Tensor, list[bool]]]) -> None:
-        """Rank 0: scalars to every logger; histograms and the custom-scalars layout to TensorBoard."""
+        """Rank 0: scalars to every logger; histograms, images and the custom-scalars layout to TensorBoard.
+
+        A statistic of shape ``(num_modules,)`` is a scalar per module, ``(num_modules, H, W)`` an
+        image per module with values in [0, 1]; other shapes are the plugin's own business.
+        """
+        logged = [entry for entry in logged if entry[2].dim() in (1, 3)]
         histograms = [
-            (f"{plugin.name}/{stat}/{self._contexts[plugin.name][index][1].module_name}", summary)
+            (self._tag(plugin.name, stat, index), summary)
             for plugin in plugins
             for (stat, index), summary in self._stats[plugin.name].histograms.items()
         ]
         parts = [values.detach().float().flatten() for _, _, values, _ in logged] + [summary for _, summary in histograms]
-        host = torch.cat(parts).cpu().tolist() if parts else []  # the one device-to-host copy of this step
+        host = torch.cat(parts).cpu() if parts else torch.empty(0)  # the one device-to-host copy of this step
+        numbers = host.tolist()
         step, position = self.info.step, 0
         # Host time in each plugin's hooks and update this step (on a GPU: launch time, not kernel time).
         metrics = {f"plugin/overhead_ms/{name}": 1000 * spent for name, spent in self.info.seconds.items()}
+        images: list[tuple[str, Tensor]] = []
         for plugin_name, stat, values, present in logged:
-            for (_, ctx), value, keep in zip(self._contexts[plugin_name], host[position : position + len(values)], present):
-                if keep:
-                    metrics[f"{plugin_name}/{stat}/{ctx.module_name}"] = value
-            position += len(values)
-        if metrics:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=step)
+            chunk = host[position : position + values.numel()].view(values.shape)
+            position += values.numel()
+            for index, keep in enumerate(present):
+                if not keep:
+                    continue
+                if values.dim() == 1:
+                    metrics[self._tag(plugin_name, stat, index)] = numbers[position - values.numel() + index]
+                else:
+                    images.append((self._tag(plugin_name, stat, index), chunk[index]))
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
         writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
         for tag, summary in histograms:
-            low, high, count, total, squares, *counts = host[position : position + len(summary)]
+            low, high, count, total, squares, *counts = numbers[position : position + len(summary)]
             position += len(summary)
             width = (high - low) / len(counts)
             limits = [low + width * (i + 1) for i in range(len(counts))]
             for writer in writers:
                 writer.add_histogram_raw(tag, low, high, count, total, squares, limits, counts, global_step=step)
+        for tag, image in images:
+            for writer in writers:
+                writer.add_image(tag, image, global_step=step, dataformats="HW")
         if writers and not self._layout_written and len(plugins) == len(self.plugins):
-            layout: dict[str, dict[str, list]] = {}
-            for plugin_name, stat, _, _ in logged:
-                layout.setdefault(plugin_name, {})[stat] = ["Multiline", [rf"^{plugin_name}/{stat}/"]]
+            layout: dict[str, dict[str, list]] = {"plugin": {"overhead_ms": ["Multiline", [r"^plugin/overhead_ms/"]]}}
+            for plugin_name, stat, values, _ in logged:
+                if values.dim() == 1:
+                    layout.setdefault(plugin_name, {})[stat] = ["Multiline", [rf"^{plugin_name}/{stat}/"]]
             for writer in writers:
                 writer.add_custom_scalars(layout)
             self._layout_written = True
+
+    def _tag(self, plugin_name: str, stat: str, index: int) -> str:
+        return f"{plugin_name}/{stat}/{self._contexts[plugin_name][index][1].module_name}"

@@ -23,6 +23,16 @@ def histogram_summary(values: Tensor, bins: int = HISTOGRAM_BINS) -> Tensor:
     return torch.cat([moments, counts])
 
 
+def ema_update_(average: Tensor, value: Tensor, decay: float) -> Tensor:
+    """In place, ``average = decay * average + (1 - decay) * value``; returns ``average``.
+
+    A NaN in ``average`` (no value yet) takes the value as it is; a NaN in ``value`` (not
+    recorded this step) leaves the average alone. In place, because DDP broadcasts buffers.
+    """
+    blended = torch.where(torch.isnan(average), value, torch.lerp(value, average, decay))
+    return average.copy_(torch.where(torch.isnan(value), average, blended))
+
+
 class StepStats:
     """Sums and call counts per (statistic, module index) for one active step.
 
@@ -49,11 +59,10 @@ class StepStats:
         self.histograms[(stat, index)] = histogram_summary(values.detach())
 
     def means(self) -> dict[str, Tensor]:
-        """Each statistic as a ``(num_modules,)`` tensor of means; NaN where a module recorded nothing."""
+        """Each statistic as a ``(num_modules, *shape)`` tensor of means; NaN where a module recorded nothing."""
         means = {}
         for stat, sums in self.sums.items():
-            device = next(total for total in sums if total is not None).device
-            missing = torch.tensor(float("nan"), device=device)
+            missing = torch.full_like(next(total for total in sums if total is not None), float("nan"))
             means[stat] = torch.stack(
                 [missing if total is None else total / count for total, count in zip(sums, self.counts[stat])]
             )
