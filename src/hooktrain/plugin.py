@@ -69,9 +69,17 @@ class HookContext:
 
     def unscale(self, grad: Tensor) -> Tensor:
         """Divides a gradient by the GradScaler's scale under mixed precision; returns it as is otherwise."""
-        scaler = self.info.scaler
-        scale = getattr(scaler, "_scale", None) if scaler is not None and scaler.is_enabled() else None
+        scale = self._grad_scale()
         return grad if scale is None else grad / scale
+
+    def rescale(self, grad: Tensor) -> Tensor:
+        """The inverse of :meth:`unscale`: back to the scaled units autograd works in."""
+        scale = self._grad_scale()
+        return grad if scale is None else grad * scale
+
+    def _grad_scale(self) -> Tensor | None:
+        scaler = self.info.scaler
+        return getattr(scaler, "_scale", None) if scaler is not None and scaler.is_enabled() else None
 
 
 class HookPlugin:

@@ -1,0 +1,101 @@
+"""activation_logger: per-layer activation statistics, their running averages, histograms and a picture over time."""
+
+import torch
+from torch import Tensor, nn
+
+from hooktrain.errors import HooktrainError, check_in_range, check_positive_int
+from hooktrain.plugin import HookContext, HookPlugin
+from hooktrain.stats import ema_update_
+
+STATS = ("mean", "std", "min", "max", "zero_fraction", "dead_fraction", "saturated_fraction")
+
+
+def activation_stats(x: Tensor, saturation: float) -> Tensor:
+    """``STATS`` of a ``(B, units, ...)`` output as one tensor, computed on its device.
+
+    A unit (a channel or a feature) is dead when it is exactly 0 for every sample and position of
+    the batch; a value is saturated when ``|x| >= saturation`` (meaningful for tanh or sigmoid).
+    """
+    x = x.detach().float()
+    units = x.transpose(0, 1).flatten(1) if x.dim() > 1 else x.unsqueeze(0)  # (units, everything else)
+    return torch.stack([
+        x.mean(), x.std() if x.numel() > 1 else torch.zeros((), device=x.device), x.amin(), x.amax(),
+        (x == 0).float().mean(), (units == 0).all(dim=1).float().mean(), (x.abs() >= saturation).float().mean(),
+    ])
+
+
+def fixed_histogram(x: Tensor, low: float, high: float, bins: int) -> Tensor:
+    """Fractions of ``x`` in ``bins`` equal buckets over ``[low, high]``, outliers in the end buckets; sync-free."""
+    index = ((x.detach().float().flatten() - low) * (bins / (high - low))).long().clamp_(0, bins - 1)
+    counts = torch.zeros(bins, device=x.device).scatter_add_(0, index, torch.ones_like(index, dtype=torch.float))
+    return counts / max(x.numel(), 1)
+
+
+class ActivationLogger(HookPlugin):
+    """Logs per-layer activation mean, std, min/max, zero/dead/saturated fractions, histograms and histograms over time.
+
+    Hooks: a forward hook reads each selected module's output (detached; only the statistics are
+    kept). Per step the values are averaged over micro-batches and processes.
+
+    Buffers (``plugin_state.activation_logger.*``): ``ema_<stat>`` for each statistic, one value per
+    module; ``history``, the last ``image_width`` activation histograms per module (the picture).
+
+    TensorBoard: scalars ``activation_logger/<stat>/<module>``; histograms
+    ``activation_logger/activation/<module>``; images ``activation_logger/over_time/<module>``,
+    time to the right, value ``range`` bottom to top, brightness the log of the share of values.
+
+    Args:
+        ema_decay: weight of the past in the running averages, in [0, 1).
+        saturation: ``|x|`` at or above which a value counts as saturated.
+        range: ``[low, high]`` of the histogram-over-time picture.
+        bins: rows of the picture.
+        image_width: columns of the picture (logging steps shown).
+        histograms: also log TensorBoard histograms of the activations.
+        **kwargs: ``every_n_steps``, ``targets``, ``types``, ``log_every_n_steps`` of :class:`HookPlugin`.
+    """
+
+    def __init__(
+        self,
+        ema_decay: float = 0.9,
+        saturation: float = 0.99,
+        range: tuple[float, float] = (-4.0, 4.0),
+        bins: int = 64,
+        image_width: int = 100,
+        histograms: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.ema_decay = check_in_range(self.field("ema_decay"), ema_decay, 0.0, 1.0)
+        self.saturation = float(saturation)
+        low, high = (float(value) for value in range)
+        if not low < high:
+            raise HooktrainError(f"`{self.field('range')}` must be [low, high] with low < high, got {list(range)}")
+        self.range = (low, high)
+        self.bins = check_positive_int(self.field("bins"), bins)
+        self.image_width = check_positive_int(self.field("image_width"), image_width)
+        self.histograms = bool(histograms)
+
+    def setup(self, state: nn.Module, modules: dict[str, nn.Module]) -> None:
+        for stat in STATS:
+            state.register_buffer(f"ema_{stat}", torch.full((len(modules),), float("nan")))
+        state.register_buffer("history", torch.zeros(len(modules), self.bins, self.image_width))
+
+    def forward(self, ctx: HookContext, module: nn.Module, args: tuple, output: Tensor) -> None:
+        if not isinstance(output, Tensor) or output.numel() == 0:
+            return
+        for stat, value in zip(STATS, activation_stats(output, self.saturation)):
+            ctx.record(stat, value)
+        ctx.record("distribution", fixed_histogram(output, *self.range, self.bins))
+        if self.histograms:
+            ctx.record_histogram("activation", output)
+
+    def update(self, state: nn.Module, stats: dict[str, Tensor]) -> dict[str, Tensor]:
+        if "distribution" not in stats:
+            return {}
+        averages = {f"ema_{stat}": ema_update_(state.get_buffer(f"ema_{stat}"), stats[stat], self.ema_decay) for stat in STATS}
+        history = state.history  # (modules, bins, width): shift left, newest column on the right
+        history.copy_(torch.roll(history, shifts=-1, dims=2))
+        history[:, :, -1] = stats["distribution"].nan_to_num(0.0)
+        picture = torch.log1p(1000 * history).flip(1)  # high values at the top; log so sparse bins show
+        picture = picture / picture.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+        return {**averages, "over_time": picture}

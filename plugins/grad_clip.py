@@ -1,0 +1,91 @@
+"""grad_clip: clips the gradient flowing back through chosen layers, by norm or by value, and counts how often."""
+
+import torch
+from torch import Tensor, nn
+
+from hooktrain.errors import HooktrainError
+from hooktrain.plugin import HookContext, HookPlugin
+
+MODES = ("norm", "value")
+PLACES = ("output", "parameters")
+
+
+class GradClip(HookPlugin):
+    """Clips the gradient at each selected layer's output (or of its parameters) by norm or by value.
+
+    ``on: output`` (a full backward pre hook) clips ``grad_output``, the gradient arriving at the
+    layer's output, before the layer back-propagates it: the layer's parameter gradients and every
+    earlier layer see the clipped gradient. This is what Lightning's ``gradient_clip_val`` cannot
+    do: Lightning clips the parameter gradients of the whole model after backward, with one norm.
+    ``on: parameters`` clips each selected layer's parameter gradients after backward, per layer
+    (Lightning's clipping, layer by layer). Norms and values are in unscaled units under mixed precision.
+
+    Buffers: ``clipped_steps`` (optimizer steps in which the layer was clipped) and
+    ``max_pre_clip_norm`` (largest gradient norm seen before clipping), one value per layer.
+    Logged: ``pre_clip_norm``, ``post_clip_norm``, ``clipped`` (share of the step's calls that clipped).
+
+    Args:
+        mode: ``norm`` scales the gradient down to ``max_norm`` when its L2 norm exceeds it;
+            ``value`` clamps every element to ``[-clip_value, clip_value]``.
+        max_norm: the largest norm allowed (mode ``norm``), > 0.
+        clip_value: the largest absolute value allowed (mode ``value``), > 0.
+        on: ``output`` or ``parameters``, as above.
+        **kwargs: ``every_n_steps`` (1: clip every step), ``targets``, ``types``, ``log_every_n_steps``.
+    """
+
+    def __init__(self, mode: str = "norm", max_norm: float = 1.0, clip_value: float = 1.0, on: str = "output", **kwargs) -> None:
+        super().__init__(**kwargs)
+        if mode not in MODES:
+            raise HooktrainError(f"`{self.field('mode')}` must be one of {list(MODES)}, got {mode!r}")
+        if on not in PLACES:
+            raise HooktrainError(f"`{self.field('on')}` must be one of {list(PLACES)}, got {on!r}")
+        for key, value in (("max_norm", max_norm), ("clip_value", clip_value)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise HooktrainError(f"`{self.field(key)}` must be a number > 0, got {value!r}")
+        self.mode, self.max_norm, self.clip_value, self.on = mode, float(max_norm), float(clip_value), on
+
+    def hook_kinds(self) -> list[str]:
+        return ["backward_pre"] if self.on == "output" else []
+
+    def setup(self, state: nn.Module, modules: dict[str, nn.Module]) -> None:
+        state.register_buffer("clipped_steps", torch.zeros(len(modules), dtype=torch.long))
+        state.register_buffer("max_pre_clip_norm", torch.zeros(len(modules)))
+
+    def backward_pre(self, ctx: HookContext, module: nn.Module, grad_output: tuple) -> tuple | None:
+        grad = grad_output[0]
+        if grad is None:
+            return None
+        return (self._clip(ctx, grad), *grad_output[1:])
+
+    def before_optimizer_step(self, ctx: HookContext, module: nn.Module) -> None:
+        if self.on != "parameters":
+            return
+        params = [param for param in module.parameters() if param.grad is not None]
+        if params:  # Lightning has unscaled the gradients by now
+            flat = torch.cat([param.grad.flatten() for param in params])
+            clipped = self._clip_unscaled(ctx, flat)
+            for param, part in zip(params, clipped.split([param.numel() for param in params])):
+                param.grad.copy_(part.view_as(param.grad))
+
+    def update(self, state: nn.Module, stats: dict[str, Tensor]) -> dict[str, Tensor]:
+        if "clipped" in stats:
+            state.clipped_steps.add_((stats["clipped"] > 0).long())
+            torch.fmax(state.max_pre_clip_norm, stats["pre_clip_norm"], out=state.max_pre_clip_norm)
+        return {}
+
+    def _clip(self, ctx: HookContext, grad: Tensor) -> Tensor:
+        """Clips a gradient in autograd's (scaled) units, deciding in unscaled units."""
+        return ctx.rescale(self._clip_unscaled(ctx, ctx.unscale(grad)))
+
+    def _clip_unscaled(self, ctx: HookContext, grad: Tensor) -> Tensor:
+        pre = torch.linalg.vector_norm(grad)
+        if self.mode == "norm":
+            factor = (self.max_norm / (pre + 1e-6)).clamp(max=1.0)
+            clipped, was_clipped = grad * factor, factor < 1.0
+        else:
+            clipped = grad.clamp(-self.clip_value, self.clip_value)
+            was_clipped = (grad.abs() > self.clip_value).any()
+        ctx.record("pre_clip_norm", pre)
+        ctx.record("post_clip_norm", torch.linalg.vector_norm(clipped))
+        ctx.record("clipped", was_clipped.float())
+        return clipped
