@@ -30,3 +30,7 @@ def check_in_range(field: str, value: object, low: float, high: float, *, high_i
         closing = "]" if high_inclusive else ")"
         raise HooktrainError(f"`{field}` must be a number in [{low}, {high}{closing}, got {value!r}")
     return float(value)
+
+
+class NonFiniteError(HooktrainError):
+    """Training produced NaN or inf; the message names the step and where it appeared first."""

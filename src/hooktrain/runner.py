@@ -216,7 +216,8 @@ class PluginRunner(Callback):
         if not keys:
             return
         tensors = [recorded[name][stat] for name, stat in keys]
-        flat = trainer.strategy.reduce(torch.cat([tensor.flatten() for tensor in tensors]), reduce_op="mean")
+        device = trainer.strategy.root_device  # host-side values (timings) join the device ones
+        flat = trainer.strategy.reduce(torch.cat([tensor.flatten().to(device) for tensor in tensors]), reduce_op="mean")
         for (name, stat), tensor, part in zip(keys, tensors, flat.split([t.numel() for t in tensors])):
             recorded[name][stat] = part.view_as(tensor)
 
@@ -233,7 +234,8 @@ class PluginRunner(Callback):
             for (stat, index), summary in self._stats[plugin.name].histograms.items()
         ]
         parts = [values.detach().float().flatten() for _, _, values, _ in logged] + [summary for _, summary in histograms]
-        host = torch.cat(parts).cpu() if parts else torch.empty(0)  # the one device-to-host copy of this step
+        device = parts[0].device if parts else None
+        host = torch.cat([part.to(device) for part in parts]).cpu() if parts else torch.empty(0)  # one copy to the host
         numbers = host.tolist()
         step, position = self.info.step, 0
         # Host time in each plugin's hooks and update this step (on a GPU: launch time, not kernel time).

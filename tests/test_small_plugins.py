@@ -1,0 +1,90 @@
+"""weight_stats, module_timer and nan_guard against hand computations."""
+
+from functools import partial
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from hooktrain import PluginRunner
+from hooktrain.errors import NonFiniteError
+from hooktrain.models import MLP
+from hooktrain.task import ClassifierTask
+from plugins.module_timer import ModuleTimer
+from plugins.nan_guard import NanGuard
+from plugins.weight_stats import WeightStats
+from test_runner import fit
+
+
+class Snapshots(Callback):
+    """The head's weights at the start and end of the first batch."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.before = torch.cat([p.detach().flatten().clone() for p in pl_module.model.head.parameters()])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.after = torch.cat([p.detach().flatten().clone() for p in pl_module.model.head.parameters()])
+
+
+def test_weight_stats_measure_the_optimizer_update():
+    snapshots = Snapshots()
+    task, _ = fit([WeightStats(name="w", targets=["head"], ema_decay=0.5)], steps=1, callbacks=[snapshots])
+    expected = (snapshots.after - snapshots.before).norm() / snapshots.after.norm()
+    torch.testing.assert_close(task.plugin_state.w.ema_update_ratio, expected.reshape(1))
+
+
+def test_module_timer_sums_forward_and_backward_time_per_module():
+    plugin = ModuleTimer(name="timer", targets=["fc1", "head"], every_n_steps=2)
+    task, _ = fit([plugin], steps=4)
+    state = task.plugin_state.timer
+    assert (state.total_forward_ms > 0).all() and (state.total_backward_ms > 0).all()
+    assert (state.total_forward_ms < 1000).all()
+    assert plugin._started == {}  # every start was matched by a stop
+
+
+def test_module_timer_records_the_time_between_pre_and_post_hooks(monkeypatch):
+    clock = iter([10.0, 10.25])
+    monkeypatch.setattr("plugins.module_timer.time.perf_counter", lambda: next(clock))
+    plugin = ModuleTimer(name="timer")
+    runner = PluginRunner([plugin])
+    model = MLP(in_features=4, hidden_sizes=[], num_classes=2)
+    runner.setup(None, ClassifierTask(model, optimizer=partial(torch.optim.SGD, lr=0.1)), "fit")
+    ctx = runner._contexts["timer"][0][1]
+    plugin.forward_pre(ctx, model.head, ())
+    plugin.forward(ctx, model.head, (), None)
+    assert runner._stats["timer"].means()["forward_ms"].tolist() == [250.0]
+
+
+class Poison(Callback):
+    """Makes fc1's weights NaN before step 2's forward."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 2:
+            with torch.no_grad():
+                pl_module.model.fc1.weight.fill_(float("nan"))
+
+
+def test_nan_guard_names_the_first_module_in_forward_order():
+    model = MLP(in_features=16, hidden_sizes=[8], num_classes=3)
+    with pytest.raises(NonFiniteError, match=r"nan_guard: at step 2, the output of module 'fc1' is not finite"):
+        fit([NanGuard(name="nan_guard")], steps=5, model=model, callbacks=[Poison()])
+    assert sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules()) == 0
+
+
+def test_nan_guard_names_where_a_bad_gradient_entered():
+    guard = NanGuard(name="nan_guard")
+    model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)
+    runner = PluginRunner([guard])
+    task = ClassifierTask(model, optimizer=partial(torch.optim.SGD, lr=0.1))
+    runner.setup(None, task, "fit")
+    runner.attach(guard)
+    out = model(torch.randn(2, 4))
+    (out * float("inf")).sum().backward()  # finite outputs, infinite gradient from the loss
+    with pytest.raises(NonFiniteError, match=r"the gradient at the output of module 'head'"):
+        guard.update(task.plugin_state.nan_guard, runner._stats["nan_guard"].means())
+    runner.detach_all()
+
+
+def test_nan_guard_is_silent_on_healthy_steps():
+    task, _ = fit([NanGuard(name="nan_guard")], steps=4)
+    assert task.plugin_state.nan_guard.checked_steps.item() == 4
