@@ -112,6 +112,7 @@ class HookPlugin:
         log_every_n_steps: int | None = None,
     ) -> None:
         self.name = name
+        self.info = StepInfo()  # replaced by the runner's: the current step, also during ``update``
         self.every_n_steps = check_positive_int(self.field("every_n_steps"), every_n_steps)
         self.log_every_n_steps = check_positive_int(self.field("log_every_n_steps"), log_every_n_steps or every_n_steps)
         if self.log_every_n_steps % self.every_n_steps:
@@ -172,8 +173,8 @@ class HookPlugin:
 
         Each value of ``stats`` is a ``(num_modules, *shape)`` tensor of what ``ctx.record`` got,
         already averaged over the processes of a distributed run, so every rank writes the same
-        buffers. Returned tensors of shape ``(num_modules,)`` are logged as scalars, of shape
-        ``(num_modules, H, W)`` with values in [0, 1] as TensorBoard images.
+        buffers. Returned tensors are logged: shape ``()`` as ``<plugin>/<stat>``, ``(num_modules,)``
+        as a scalar per module, ``(num_modules, H, W)`` with values in [0, 1] as an image per module.
         """
         return {}
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from hooktrain.build import build, build_plugins
 from hooktrain.errors import HooktrainError
+from hooktrain.export import plain_state_dict
 from hooktrain.runner import PluginRunner
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     results = trainer.test(task, datamodule=run.datamodule, ckpt_path=best)
 
     if trainer.is_global_zero:
-        torch.save(task.model.state_dict(), output_dir / "model.pt")
+        torch.save(plain_state_dict(task.model), output_dir / "model.pt")
         log.info("model weights (those tested) saved to %s", output_dir / "model.pt")
     return results[0] if results else {}
 

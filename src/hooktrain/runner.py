@@ -127,6 +127,7 @@ class PluginRunner(Callback):
             pl_module.plugin_state = nn.ModuleDict()
         hook_map: dict[str, list[str]] = {}
         for plugin in self.plugins:
+            plugin.info = self.info
             selected = select_modules(model, plugin.targets, plugin.types, f"plugins.{plugin.name}")
             names = [name for name, _ in selected]
             stats = self._stats[plugin.name] = StepStats(len(selected))
@@ -202,7 +203,7 @@ class PluginRunner(Callback):
             seconds[plugin.name] = seconds.get(plugin.name, 0.0) + time.perf_counter() - start
             if plugin.is_logging(self.info.step):
                 logged += [(plugin.name, stat, values, stats.recorded(stat)) for stat, values in means.items()]
-                logged += [(plugin.name, stat, values, [True] * len(values)) for stat, values in extra.items()]
+                logged += [(plugin.name, stat, values, [True] * max(values.numel(), 1)) for stat, values in extra.items()]
         if trainer.is_global_zero and logged:
             self._log(trainer, [plugin for plugin in plugins if plugin.is_logging(self.info.step)], logged)
         for plugin in plugins:
@@ -224,10 +225,11 @@ class PluginRunner(Callback):
     def _log(self, trainer: pl.Trainer, plugins: list[HookPlugin], logged: list[tuple[str, str, Tensor, list[bool]]]) -> None:
         """Rank 0: scalars to every logger; histograms, images and the custom-scalars layout to TensorBoard.
 
-        A statistic of shape ``(num_modules,)`` is a scalar per module, ``(num_modules, H, W)`` an
-        image per module with values in [0, 1]; other shapes are the plugin's own business.
+        A statistic of shape ``()`` is one scalar for the plugin, ``(num_modules,)`` a scalar per
+        module, ``(num_modules, H, W)`` an image per module with values in [0, 1]; other shapes
+        are the plugin's own business.
         """
-        logged = [entry for entry in logged if entry[2].dim() in (1, 3)]
+        logged = [entry for entry in logged if entry[2].dim() in (0, 1, 3)]
         histograms = [
             (self._tag(plugin.name, stat, index), summary)
             for plugin in plugins
@@ -244,6 +246,9 @@ class PluginRunner(Callback):
         for plugin_name, stat, values, present in logged:
             chunk = host[position : position + values.numel()].view(values.shape)
             position += values.numel()
+            if values.dim() == 0:  # one value for the whole plugin
+                metrics[f"{plugin_name}/{stat}"] = numbers[position - 1]
+                continue
             for index, keep in enumerate(present):
                 if not keep:
                     continue

@@ -1,0 +1,124 @@
+"""pruning: gradual magnitude pruning on Zhu & Gupta's cubic schedule, built on torch.nn.utils.prune."""
+
+import torch
+import torch.nn.utils.prune as prune
+from torch import Tensor, nn
+
+from hooktrain.errors import HooktrainError, check_in_range, check_positive_int
+from hooktrain.plugin import HookPlugin
+
+METHODS = ("l1_unstructured", "random_unstructured", "ln_structured", "global_unstructured")
+
+
+def cubic_sparsity(step: int, amount: float, start: float, end: float) -> float:
+    """Zhu & Gupta (2017): ``amount * (1 - (1 - progress)^3)``, progress going 0 to 1 from ``start`` to ``end``."""
+    progress = min(max((step - start) / max(end - start, 1e-12), 0.0), 1.0)
+    return amount * (1.0 - (1.0 - progress) ** 3)
+
+
+def lowest(scores: Tensor, count: int) -> Tensor:
+    """A mask (1 = keep) that drops the ``count`` lowest scores."""
+    mask = torch.ones_like(scores)
+    if count > 0:
+        mask.view(-1)[torch.topk(scores.view(-1), count, largest=False).indices] = 0
+    return mask
+
+
+class Pruning(HookPlugin):
+    """Prunes the selected layers' weights gradually to ``amount`` sparsity; masks are buffers in the checkpoint.
+
+    At setup each selected layer gets ``torch.nn.utils.prune.identity``: PyTorch's own forward
+    pre-hook multiplies ``weight_orig`` by the ``weight_mask`` buffer at every forward (training,
+    validation and test alike), so a checkpoint holds both and a resumed run continues the schedule.
+    On active steps the target sparsity follows the cubic schedule of Zhu & Gupta (2017) from
+    ``start`` to ``end`` and the masks are recomputed in place from the masked weights, so a pruned
+    weight stays pruned. The exported ``model.pt`` has pruning made permanent (``prune.remove``):
+    plain ``weight`` tensors with zeros, no ``_orig``/``_mask`` keys.
+
+    Methods: ``l1_unstructured`` (smallest \\|w\\| per layer, ``prune.L1Unstructured``),
+    ``random_unstructured`` (random weights per layer), ``ln_structured`` (whole slices along
+    ``dim`` by Ln norm, ``prune.LnStructured``), ``global_unstructured`` (smallest \\|w\\| across all
+    selected layers together, so large layers give up more).
+
+    Logged: ``sparsity`` per layer; ``overall_sparsity`` and ``target_sparsity`` for the plugin.
+    Buffers: ``target_sparsity`` (the schedule's current value).
+
+    Args:
+        amount: final sparsity, in [0, 1).
+        method: one of ``METHODS``.
+        start: step where pruning starts; a float in [0, 1] is a fraction of the fit's steps.
+        end: step where ``amount`` is reached; a float in [0, 1] is a fraction of the fit's steps.
+        parameter: the parameter of each layer to prune.
+        n: the norm of ``ln_structured``.
+        dim: the dimension whose slices ``ln_structured`` prunes (0: output channels).
+        **kwargs: ``every_n_steps`` (how often masks are updated), ``targets``, ``types``, ``log_every_n_steps``.
+    """
+
+    def __init__(
+        self,
+        amount: float = 0.5,
+        method: str = "global_unstructured",
+        start: float = 0.1,
+        end: float = 0.7,
+        parameter: str = "weight",
+        n: int = 2,
+        dim: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.amount = check_in_range(self.field("amount"), amount, 0.0, 1.0)
+        if method not in METHODS:
+            raise HooktrainError(f"`{self.field('method')}` must be one of {list(METHODS)}, got {method!r}")
+        self.start, self.end = (self._check_when(key, value) for key, value in (("start", start), ("end", end)))
+        self.method, self.parameter, self.n, self.dim = method, parameter, check_positive_int(self.field("n"), n), dim
+        self._modules: dict[str, nn.Module] = {}
+
+    def setup(self, state: nn.Module, modules: dict[str, nn.Module]) -> None:
+        for name, module in modules.items():
+            if not isinstance(getattr(module, self.parameter, None), Tensor):
+                raise HooktrainError(f"`{self.field('parameter')}`: module {name!r} ({type(module).__name__}) has no tensor {self.parameter!r}")
+            if not hasattr(module, f"{self.parameter}_mask"):
+                prune.identity(module, self.parameter)
+        self._modules = modules
+        state.register_buffer("target_sparsity", torch.zeros(()))
+
+    def update(self, state: nn.Module, stats: dict[str, Tensor]) -> dict[str, Tensor]:
+        steps_done = self.info.step + 1
+        target = cubic_sparsity(steps_done, self.amount, self._resolve("start", self.start), self._resolve("end", self.end))
+        state.target_sparsity.fill_(target)
+        with torch.no_grad():
+            for module, mask in zip(self._modules.values(), self._new_masks(target)):
+                getattr(module, f"{self.parameter}_mask").copy_(mask)
+        masks = [getattr(module, f"{self.parameter}_mask") for module in self._modules.values()]
+        sparsity = torch.stack([1 - mask.float().mean() for mask in masks])
+        overall = 1 - sum(mask.sum() for mask in masks) / sum(mask.numel() for mask in masks)
+        return {"sparsity": sparsity, "overall_sparsity": overall, "target_sparsity": state.target_sparsity}
+
+    def _new_masks(self, target: float) -> list[Tensor]:
+        weights = [self._masked_weight(module) for module in self._modules.values()]
+        old = [getattr(module, f"{self.parameter}_mask") for module in self._modules.values()]
+        if self.method == "global_unstructured":
+            scores = torch.cat([weight.abs().flatten() for weight in weights])
+            keep = lowest(scores, round(target * scores.numel()))
+            return [part.view_as(weight) * mask for part, weight, mask in zip(keep.split([w.numel() for w in weights]), weights, old)]
+        if self.method == "l1_unstructured":
+            return [prune.L1Unstructured(target).compute_mask(weight, mask) for weight, mask in zip(weights, old)]
+        if self.method == "ln_structured":
+            return [prune.LnStructured(target, n=self.n, dim=self.dim).compute_mask(weight, mask) for weight, mask in zip(weights, old)]
+        # random_unstructured: random among the weights still kept, so the sparsity reaches the target exactly
+        return [lowest(torch.rand_like(weight).masked_fill(mask == 0, -1.0), round(target * weight.numel())) for weight, mask in zip(weights, old)]
+
+    def _masked_weight(self, module: nn.Module) -> Tensor:
+        return getattr(module, f"{self.parameter}_orig").detach() * getattr(module, f"{self.parameter}_mask")
+
+    def _resolve(self, key: str, when: float | int) -> float:
+        if isinstance(when, int):
+            return when
+        if self.info.total_steps == float("inf"):
+            raise HooktrainError(f"`{self.field(key)}` is a fraction of the fit's steps, but the fit has no step limit; give a step number")
+        return when * self.info.total_steps
+
+    def _check_when(self, key: str, value: object) -> float | int:
+        if isinstance(value, float) and 0.0 <= value <= 1.0 or isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        raise HooktrainError(f"`{self.field(key)}` must be a step (an integer >= 0) or a fraction of the fit's steps in [0.0, 1.0], got {value!r}")

@@ -1,0 +1,111 @@
+"""pruning: the schedule, each method's masks, checkpoints, resume and the exported model."""
+
+import pytest
+import torch
+from torch import nn
+
+from hooktrain import HooktrainError, train
+from hooktrain.export import plain_state_dict
+from hooktrain.models import MLP
+from plugins.pruning import Pruning, cubic_sparsity
+from test_runner import fit
+
+
+def test_cubic_schedule_of_zhu_and_gupta():
+    assert cubic_sparsity(0, 0.9, start=10, end=110) == 0.0
+    assert cubic_sparsity(60, 0.9, start=10, end=110) == pytest.approx(0.9 * (1 - 0.5**3))
+    assert cubic_sparsity(110, 0.9, start=10, end=110) == pytest.approx(0.9)
+    assert cubic_sparsity(500, 0.9, start=10, end=110) == pytest.approx(0.9)
+
+
+def setup_plugin(method, **kwargs):
+    torch.manual_seed(0)
+    model = MLP(in_features=6, hidden_sizes=[8], num_classes=4)
+    plugin = Pruning(name="pruning", method=method, start=0, end=1, **kwargs)
+    state = nn.Module()
+    plugin.setup(state, {"fc1": model.fc1, "head": model.head})
+    return plugin, state, model
+
+
+@pytest.mark.parametrize("method", ["l1_unstructured", "random_unstructured", "global_unstructured"])
+def test_unstructured_masks_reach_the_target_and_never_regrow(method):
+    plugin, state, model = setup_plugin(method, amount=0.75)
+    plugin.info.step = 0  # one step done: with end=1, the full amount
+    first = plugin.update(state, {})
+    masks = [model.fc1.weight_mask.clone(), model.head.weight_mask.clone()]
+    assert first["overall_sparsity"].item() == pytest.approx(0.75, abs=0.02)
+    if method != "global_unstructured":
+        assert first["sparsity"].tolist() == pytest.approx([0.75, 0.75], abs=0.02)
+    plugin.update(state, {})
+    for mask, module in zip(masks, (model.fc1, model.head)):
+        assert (module.weight_mask <= mask).all()  # a pruned weight stays pruned
+
+
+def test_l1_prunes_the_smallest_magnitudes():
+    plugin, state, model = setup_plugin("l1_unstructured", amount=0.5)
+    plugin.info.step = 0
+    plugin.update(state, {})
+    weight, mask = model.head.weight_orig.detach(), model.head.weight_mask
+    assert weight[mask == 0].abs().max() <= weight[mask == 1].abs().min()
+
+
+def test_global_prunes_by_one_threshold_across_layers():
+    plugin, state, model = setup_plugin("global_unstructured", amount=0.5)
+    plugin.info.step = 0
+    plugin.update(state, {})
+    kept = torch.cat([m.weight_orig.detach()[m.weight_mask == 1].abs() for m in (model.fc1, model.head)])
+    pruned = torch.cat([m.weight_orig.detach()[m.weight_mask == 0].abs() for m in (model.fc1, model.head)])
+    assert pruned.max() <= kept.min()
+
+
+def test_ln_structured_prunes_whole_rows():
+    plugin, state, model = setup_plugin("ln_structured", amount=0.5, dim=0)
+    plugin.info.step = 0
+    plugin.update(state, {})
+    rows = model.fc1.weight_mask.sum(dim=1)
+    assert set(rows.tolist()) == {0.0, 6.0} and (rows == 0).sum() == 4  # 4 of 8 output rows
+    norms = model.fc1.weight_orig.detach().norm(dim=1)
+    assert norms[rows == 0].max() <= norms[rows == 6].min()
+
+
+def test_export_makes_pruning_permanent_and_keeps_the_training_masks():
+    plugin, state, model = setup_plugin("l1_unstructured", amount=0.5)
+    plugin.info.step = 0
+    plugin.update(state, {})
+    plain = plain_state_dict(model)
+    assert not any(key.endswith(("_orig", "_mask")) for key in plain)
+    torch.testing.assert_close(plain["fc1.weight"], model.fc1.weight_orig * model.fc1.weight_mask)
+    fresh = MLP(in_features=6, hidden_sizes=[8], num_classes=4)
+    fresh.load_state_dict(plain)
+    assert hasattr(model.fc1, "weight_mask")  # the trained model is untouched
+
+
+def test_bad_values_are_named():
+    with pytest.raises(HooktrainError, match=r"`plugins.p.amount` must be a number in \[0.0, 1.0\), got 1.0"):
+        Pruning(name="p", amount=1.0)
+    with pytest.raises(HooktrainError, match=r"`plugins.p.method` must be one of"):
+        Pruning(name="p", method="magnitude")
+    with pytest.raises(HooktrainError, match=r"`plugins.p.end` must be a step .* got -1"):
+        Pruning(name="p", end=-1)
+    with pytest.raises(HooktrainError, match=r"module 'act1' \(ReLU\) has no tensor 'weight'"):
+        fit([Pruning(name="p", targets=["act1"])])
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_pruned_run_checkpoints_masks_resumes_the_schedule_and_exports_sparse_weights(make_cfg, tmp_path):
+    settings = ["model=mlp", "plugins=[pruning]", "plugins.pruning.amount=0.8", "plugins.pruning.every_n_steps=1",
+                "plugins.pruning.log_every_n_steps=1", "plugins.pruning.start=0", "plugins.pruning.end=6"]
+    train(make_cfg(*settings))  # 4 steps of 8 over two epochs
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)["state_dict"]
+    assert {"model.fc1.weight_orig", "model.fc1.weight_mask", "plugin_state.pruning.target_sparsity"} <= set(state)
+    assert state["plugin_state.pruning.target_sparsity"].item() == pytest.approx(cubic_sparsity(4, 0.8, 0, 6))
+
+    train(make_cfg(*settings, "trainer.max_epochs=2", f"ckpt_path={last}"))
+    state = torch.load(last, weights_only=True)["state_dict"]
+    assert state["plugin_state.pruning.target_sparsity"].item() == pytest.approx(0.8)
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert not any(key.endswith(("_orig", "_mask")) for key in weights)
+    total = sum(weights[f"{name}.weight"].numel() for name in ("fc1", "fc2", "head"))
+    zeros = sum((weights[f"{name}.weight"] == 0).sum().item() for name in ("fc1", "fc2", "head"))
+    assert zeros / total == pytest.approx(0.8, abs=0.01)
