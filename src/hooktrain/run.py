@@ -54,7 +54,7 @@ def build_run(cfg: DictConfig) -> Run:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Builds the run, fits (resuming from ``ckpt_path``), tests the best checkpoint, exports ``model.pt``.
+    """Builds the run, fits (resuming from ``ckpt_path``), tests the final model and exports it as ``model.pt``.
 
     Returns:
         The test metrics, e.g. ``{"test/acc": 0.98, "test/loss": 0.07}``.
@@ -71,13 +71,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
     trainer.fit(task, datamodule=run.datamodule, ckpt_path=ckpt_path)
-    checkpoint = trainer.checkpoint_callback
-    best = "best" if checkpoint is not None and getattr(checkpoint, "best_model_path", "") else None
-    results = trainer.test(task, datamodule=run.datamodule, ckpt_path=best)
+    # The final model is tested and exported (best.ckpt stays for whoever wants it): with a
+    # schedule such as pruning's, the best validation epoch can predate the final sparsity.
+    results = trainer.test(task, datamodule=run.datamodule, ckpt_path=None)
 
     if trainer.is_global_zero:
         torch.save(plain_state_dict(task.model), output_dir / "model.pt")
-        log.info("model weights (those tested) saved to %s", output_dir / "model.pt")
+        log.info("final model weights (those tested) saved to %s", output_dir / "model.pt")
     return results[0] if results else {}
 
 
