@@ -13,11 +13,11 @@ PLACES = ("output", "parameters")
 class GradClip(HookPlugin):
     """Clips the gradient at each selected layer's output (or of its parameters) by norm or by value.
 
-    ``on: output`` (a full backward pre hook) clips ``grad_output``, the gradient arriving at the
+    ``at: output`` (a full backward pre hook) clips ``grad_output``, the gradient arriving at the
     layer's output, before the layer back-propagates it: the layer's parameter gradients and every
     earlier layer see the clipped gradient. This is what Lightning's ``gradient_clip_val`` cannot
     do: Lightning clips the parameter gradients of the whole model after backward, with one norm.
-    ``on: parameters`` clips each selected layer's parameter gradients after backward, per layer
+    ``at: parameters`` clips each selected layer's parameter gradients after backward, per layer
     (Lightning's clipping, layer by layer). Norms and values are in unscaled units under mixed precision.
 
     Buffers: ``clipped_steps`` (optimizer steps in which the layer was clipped) and
@@ -29,23 +29,23 @@ class GradClip(HookPlugin):
             ``value`` clamps every element to ``[-clip_value, clip_value]``.
         max_norm: the largest norm allowed (mode ``norm``), > 0.
         clip_value: the largest absolute value allowed (mode ``value``), > 0.
-        on: ``output`` or ``parameters``, as above.
+        at: ``output`` or ``parameters``, as above.
         **kwargs: ``every_n_steps`` (1: clip every step), ``targets``, ``types``, ``log_every_n_steps``.
     """
 
-    def __init__(self, mode: str = "norm", max_norm: float = 1.0, clip_value: float = 1.0, on: str = "output", **kwargs) -> None:
+    def __init__(self, mode: str = "norm", max_norm: float = 1.0, clip_value: float = 1.0, at: str = "output", **kwargs) -> None:
         super().__init__(**kwargs)
         if mode not in MODES:
             raise HooktrainError(f"`{self.field('mode')}` must be one of {list(MODES)}, got {mode!r}")
-        if on not in PLACES:
-            raise HooktrainError(f"`{self.field('on')}` must be one of {list(PLACES)}, got {on!r}")
+        if at not in PLACES:
+            raise HooktrainError(f"`{self.field('at')}` must be one of {list(PLACES)}, got {at!r}")
         for key, value in (("max_norm", max_norm), ("clip_value", clip_value)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise HooktrainError(f"`{self.field(key)}` must be a number > 0, got {value!r}")
-        self.mode, self.max_norm, self.clip_value, self.on = mode, float(max_norm), float(clip_value), on
+        self.mode, self.max_norm, self.clip_value, self.at = mode, float(max_norm), float(clip_value), at
 
     def hook_kinds(self) -> list[str]:
-        return ["backward_pre"] if self.on == "output" else []
+        return ["backward_pre"] if self.at == "output" else []
 
     def setup(self, state: nn.Module, modules: dict[str, nn.Module]) -> None:
         state.register_buffer("clipped_steps", torch.zeros(len(modules), dtype=torch.long))
@@ -58,7 +58,7 @@ class GradClip(HookPlugin):
         return (self._clip(ctx, grad), *grad_output[1:])
 
     def before_optimizer_step(self, ctx: HookContext, module: nn.Module) -> None:
-        if self.on != "parameters":
+        if self.at != "parameters":
             return
         params = [param for param in module.parameters() if param.grad is not None]
         if params:  # Lightning has unscaled the gradients by now

@@ -64,7 +64,7 @@ def test_clip_by_value_at_the_output_clamps_elements():
 
 
 def test_clip_parameters_per_layer_and_count_in_buffers():
-    plugin = GradClip(name="clip", targets=["fc1", "head"], max_norm=0.1, on="parameters")
+    plugin = GradClip(name="clip", targets=["fc1", "head"], max_norm=0.1, at="parameters")
     runner, task, model = attached(plugin)
     assert plugin.hook_kinds() == []  # no autograd hook at all in this mode
     x, y = batch()
@@ -87,7 +87,7 @@ def test_clip_parameters_per_layer_and_count_in_buffers():
     [
         ({"max_norm": 0}, r"`plugins.clip.max_norm` must be a number > 0, got 0"),
         ({"mode": "l2"}, r"`plugins.clip.mode` must be one of \['norm', 'value'\], got 'l2'"),
-        ({"on": "input"}, r"`plugins.clip.on` must be one of \['output', 'parameters'\], got 'input'"),
+        ({"at": "input"}, r"`plugins.clip.at` must be one of \['output', 'parameters'\], got 'input'"),
     ],
 )
 def test_bad_values_are_named(kwargs, message):

@@ -8,6 +8,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 from lightning.pytorch import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from conftest import run_cli
 from hooktrain import HooktrainError, train
@@ -103,7 +104,7 @@ def test_bad_values_stop_before_training_with_the_field_named(make_cfg, tmp_path
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("plugins=[grad_logger,no_such_plugin]", r"error: unknown plugin 'no_such_plugin' in `plugins=\[grad_logger,no_such_plugin\]`; available plugins: grad_logger"),
+        ("plugins=[grad_logger,no_such_plugin]", r"error: unknown plugin 'no_such_plugin' in `plugins=\[grad_logger,no_such_plugin\]`; available plugins: activation_logger, grad_clip, grad_logger, module_timer, nan_guard, pruning, weight_stats"),
         ("plugins.grad_logger.every_n_steps=0", r"error: `plugins.grad_logger.every_n_steps` must be an integer >= 1, got 0"),
         ("plugins.grad_logger.targets=[no_such_layer*]", r"error: `plugins.grad_logger.targets`: pattern 'no_such_layer\*' matches no module"),
     ],
@@ -126,5 +127,41 @@ def test_cli_lists_plugins_and_config_groups():
     assert "every_n_steps: 50" in listing.stdout
 
     help_text = run_cli("train.py", "--help").stdout
-    for group in ("model: lenet, mlp, nested", "data: digits, synthetic", "trainer: cpu, ddp, gpu", "logger: csv, tensorboard", "plugins: grad_logger"):
+    for group in ("model: lenet, mlp, nested", "data: digits, synthetic", "trainer: cpu, ddp, gpu", "logger: csv, tensorboard", "plugins: activation_logger, grad_clip, grad_logger, module_timer, nan_guard, pruning, weight_stats"):
         assert group in help_text, help_text
+
+
+ALL_PLUGINS = ["activation_logger", "grad_clip", "pruning", "nan_guard", "module_timer", "weight_stats", "grad_logger"]
+
+
+def test_all_plugins_together_log_checkpoint_and_export(make_cfg, tmp_path):
+    cadence = [f"plugins.{name}.every_n_steps=1" for name in ALL_PLUGINS]
+    cadence += [f"plugins.{name}.log_every_n_steps=2" for name in ("grad_clip", "pruning", "nan_guard")]
+    cfg = make_cfg("model=lenet", f"plugins=[{','.join(ALL_PLUGINS)}]", *cadence,
+                   "plugins.pruning.amount=0.5", "plugins.pruning.start=0", "plugins.pruning.end=2")
+    metrics = train(cfg)
+
+    events = read_events(tmp_path / "tensorboard")
+    tags = events.Tags()
+    for name, stat in [("activation_logger", "ema_dead_fraction"), ("grad_clip", "pre_clip_norm"), ("pruning", "sparsity"),
+                       ("module_timer", "backward_ms"), ("weight_stats", "update_ratio"), ("grad_logger", "grad_norm")]:
+        assert f"{name}/{stat}/features.conv1" in tags["scalars"], name
+    assert "pruning/overall_sparsity" in tags["scalars"] and "plugin/overhead_ms/grad_clip" in tags["scalars"]
+    assert "activation_logger/activation/classifier.fc1" in tags["histograms"]
+    assert "activation_logger/over_time/classifier.fc1" in tags["images"]
+    raw_tags = {value.tag for path in (tmp_path / "tensorboard").glob("events.*") for event in EventFileLoader(str(path)).Load()
+                for value in event.summary.value}
+    assert "_hparams_/session_start_info" in raw_tags  # the HParams tab, with the test metrics
+
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for key in ["plugin_state.activation_logger.history", "plugin_state.grad_clip.clipped_steps", "plugin_state.pruning.target_sparsity",
+                "plugin_state.nan_guard.checked_steps", "plugin_state.module_timer.total_forward_ms",
+                "plugin_state.weight_stats.ema_update_ratio", "plugin_state.grad_logger.ema_grad_norm",
+                "model.features.conv1.weight_mask", "model.classifier.fc3.weight_orig"]:
+        assert key in state, key
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)
+    LeNet(in_channels=1, num_classes=10, image_size=32).load_state_dict(weights)
+    total = sum(weights[f"{layer}.weight"].numel() for layer in LENET_LAYERS)
+    zeros = sum((weights[f"{layer}.weight"] == 0).sum().item() for layer in LENET_LAYERS)
+    assert zeros / total == pytest.approx(0.5, abs=0.01)
+    assert 0 <= metrics["test/acc"] <= 1

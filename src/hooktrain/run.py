@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.loggers import TensorBoardLogger
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -74,11 +75,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # The final model is tested and exported (best.ckpt stays for whoever wants it): with a
     # schedule such as pruning's, the best validation epoch can predate the final sparsity.
     results = trainer.test(task, datamodule=run.datamodule, ckpt_path=None)
+    metrics = results[0] if results else {}
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams.pop("paths", None)
+    for logger in trainer.loggers:  # TensorBoard's HParams tab: runs side by side with their final metrics
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(hparams, metrics=metrics)
+        else:
+            logger.log_hyperparams(hparams)
 
     if trainer.is_global_zero:
         torch.save(plain_state_dict(task.model), output_dir / "model.pt")
         log.info("final model weights (those tested) saved to %s", output_dir / "model.pt")
-    return results[0] if results else {}
+    return metrics
 
 
 def check_model_takes_data(model: nn.Module, datamodule: pl.LightningDataModule) -> None:

@@ -138,13 +138,13 @@ class PluginRunner(Callback):
                 state = nn.Module()
                 plugin.setup(state, dict(selected))
                 pl_module.plugin_state[plugin.name] = state
-            kinds = "+".join(plugin.hook_kinds() + [method for method in _STEP_METHODS if plugin.overrides(method)])
+            kinds = ", ".join(plugin.hook_kinds() + [method for method in _STEP_METHODS if plugin.overrides(method)]) or "update only"
             for name in names:
-                hook_map.setdefault(name, []).append(f"{plugin.name}[{kinds}] every {plugin.every_n_steps} steps")
+                hook_map.setdefault(name, []).append(f"{plugin.name}: {kinds} (every {plugin.every_n_steps} steps)")
         if hook_map:
             width = max(map(len, hook_map))
-            lines = [f"  {name:<{width}}  {', '.join(entries)}" for name, entries in hook_map.items()]
-            rank_zero_info("hook map (module: plugin[hooks]):\n" + "\n".join(lines))
+            lines = [f"  {name if i == 0 else '':<{width}}  {entry}" for name, entries in hook_map.items() for i, entry in enumerate(entries)]
+            rank_zero_info("hook map (module  plugin: hooks):\n" + "\n".join(lines))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.info.total_steps = trainer.estimated_stepping_batches
@@ -203,7 +203,7 @@ class PluginRunner(Callback):
             seconds[plugin.name] = seconds.get(plugin.name, 0.0) + time.perf_counter() - start
             if plugin.is_logging(self.info.step):
                 logged += [(plugin.name, stat, values, stats.recorded(stat)) for stat, values in means.items()]
-                logged += [(plugin.name, stat, values, [True] * max(values.numel(), 1)) for stat, values in extra.items()]
+                logged += [(plugin.name, stat, values, [True] * (len(values) if values.dim() else 1)) for stat, values in extra.items()]
         if trainer.is_global_zero and logged:
             self._log(trainer, [plugin for plugin in plugins if plugin.is_logging(self.info.step)], logged)
         for plugin in plugins:
