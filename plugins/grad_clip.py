@@ -33,6 +33,8 @@ class GradClip(HookPlugin):
         **kwargs: ``every_n_steps`` (1: clip every step), ``targets``, ``types``, ``log_every_n_steps``.
     """
 
+    changes_training = True
+
     def __init__(self, mode: str = "norm", max_norm: float = 1.0, clip_value: float = 1.0, at: str = "output", **kwargs) -> None:
         super().__init__(**kwargs)
         if mode not in MODES:

@@ -23,6 +23,8 @@ class NanGuard(HookPlugin):
         NonFiniteError: ``nan_guard: step 812: the output of 'features.conv2' is not finite ...``.
     """
 
+    changes_training = True
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._order: dict[str, list[int]] = {"output": [], "gradient": []}  # module indices, in call order

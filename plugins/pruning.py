@@ -54,6 +54,8 @@ class Pruning(HookPlugin):
         **kwargs: ``every_n_steps`` (how often masks are updated), ``targets``, ``types``, ``log_every_n_steps``.
     """
 
+    changes_training = True
+
     def __init__(
         self,
         amount: float = 0.5,

@@ -103,6 +103,9 @@ class HookPlugin:
         ``python train.py plugins=[grad_logger] plugins.grad_logger.targets=[features.*]``
     """
 
+    changes_training: bool = False
+    """True for plugins that alter the computation (clipping, pruning, stopping); False for those that only observe."""
+
     def __init__(
         self,
         name: str,

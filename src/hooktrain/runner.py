@@ -158,11 +158,12 @@ class PluginRunner(Callback):
                 self.attach(plugin) if active else self.detach(plugin)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        self._call_per_module("before_optimizer_step")
+        if self._handles:
+            self._call_per_module("before_optimizer_step")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step == self.info.step:
-            return  # gradient accumulation: the optimizer step is not complete yet
+        if not self._handles or trainer.global_step == self.info.step:
+            return  # idle step, or gradient accumulation: the optimizer step is not complete yet
         self._call_per_module("after_optimizer_step")
         active = [plugin for plugin in self.plugins if self.is_attached(plugin)]
         if active:
