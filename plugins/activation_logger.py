@@ -24,7 +24,21 @@ def activation_stats(x: Tensor, saturation: float) -> Tensor:
     ])
 
 
-def fixed_histogram(x: Tensor, low: float, high: float, bins: int) -> Tensor:
+# Anchors of a dark-to-bright colormap (black, purple, orange, light yellow), as in "magma".
+COLORS = torch.tensor([[0.0, 0.0, 0.02], [0.35, 0.05, 0.5], [0.9, 0.3, 0.25], [0.99, 0.9, 0.55]])
+
+
+def colorize(values: Tensor) -> Tensor:
+    """``(N, H, W)`` values in [0, 1] to ``(N, 3, H, W)`` RGB through ``COLORS``."""
+    colors = COLORS.to(values.device)
+    position = values.clamp(0, 1) * (len(colors) - 1)
+    low = position.floor().long().clamp(max=len(colors) - 2)
+    weight = (position - low).unsqueeze(-1)
+    rgb = torch.lerp(colors[low], colors[low + 1], weight)  # (N, H, W, 3)
+    return rgb.permute(0, 3, 1, 2)
+
+
+def fixed_histogram(x: Tensor, low: float | Tensor, high: float | Tensor, bins: int) -> Tensor:
     """Fractions of ``x`` in ``bins`` equal buckets over ``[low, high]``, outliers in the end buckets; sync-free."""
     index = ((x.detach().float().flatten() - low) * (bins / (high - low))).long().clamp_(0, bins - 1)
     counts = torch.zeros(bins, device=x.device).scatter_add_(0, index, torch.ones_like(index, dtype=torch.float))
@@ -38,16 +52,19 @@ class ActivationLogger(HookPlugin):
     kept). Per step the values are averaged over micro-batches and processes.
 
     Buffers (``plugin_state.activation_logger.*``): ``ema_<stat>`` for each statistic, one value per
-    module; ``history``, the last ``image_width`` activation histograms per module (the picture).
+    module; ``history``, the last ``image_width`` activation histograms per module (the picture);
+    ``picture_range``, each module's value range of the picture.
 
     TensorBoard: scalars ``activation_logger/<stat>/<module>``; histograms
     ``activation_logger/activation/<module>``; images ``activation_logger/over_time/<module>``,
-    time to the right, value ``range`` bottom to top, brightness the log of the share of values.
+    time to the right, value range bottom to top, color the share of values in each bin (log
+    scale, each column scaled to its own maximum, so the shape of every step's distribution shows).
 
     Args:
         ema_decay: weight of the past in the running averages, in [0, 1).
         saturation: ``|x|`` at or above which a value counts as saturated.
-        range: ``[low, high]`` of the histogram-over-time picture.
+        range: ``[low, high]`` of the histogram-over-time picture; ``None``: per module, the range
+            seen at the first active step, widened by twice its span on each side (kept in ``picture_range``).
         bins: rows of the picture.
         image_width: columns of the picture (logging steps shown).
         histograms: also log TensorBoard histograms of the activations.
@@ -58,7 +75,7 @@ class ActivationLogger(HookPlugin):
         self,
         ema_decay: float = 0.9,
         saturation: float = 0.99,
-        range: tuple[float, float] = (-4.0, 4.0),
+        range: tuple[float, float] | None = None,
         bins: int = 64,
         image_width: int = 100,
         histograms: bool = True,
@@ -67,10 +84,13 @@ class ActivationLogger(HookPlugin):
         super().__init__(**kwargs)
         self.ema_decay = check_in_range(self.field("ema_decay"), ema_decay, 0.0, 1.0)
         self.saturation = float(saturation)
-        low, high = (float(value) for value in range)
-        if not low < high:
-            raise HooktrainError(f"`{self.field('range')}` must be [low, high] with low < high, got {list(range)}")
-        self.range = (low, high)
+        if range is not None:
+            low, high = (float(value) for value in range)
+            if not low < high:
+                raise HooktrainError(f"`{self.field('range')}` must be [low, high] with low < high, or null, got {list(range)}")
+            range = (low, high)
+        self.range = range
+        self._state: nn.Module | None = None
         self.bins = check_positive_int(self.field("bins"), bins)
         self.image_width = check_positive_int(self.field("image_width"), image_width)
         self.histograms = bool(histograms)
@@ -79,13 +99,15 @@ class ActivationLogger(HookPlugin):
         for stat in STATS:
             state.register_buffer(f"ema_{stat}", torch.full((len(modules),), float("nan")))
         state.register_buffer("history", torch.zeros(len(modules), self.bins, self.image_width))
+        state.register_buffer("picture_range", torch.full((len(modules), 2), float("nan")))
+        self._state = state
 
     def forward(self, ctx: HookContext, module: nn.Module, args: tuple, output: Tensor) -> None:
         if not isinstance(output, Tensor) or output.numel() == 0:
             return
         for stat, value in zip(STATS, activation_stats(output, self.saturation)):
             ctx.record(stat, value)
-        ctx.record("distribution", fixed_histogram(output, *self.range, self.bins))
+        ctx.record("distribution", fixed_histogram(output, *self._picture_range(ctx, output), self.bins))
         if self.histograms:
             ctx.record_histogram("activation", output)
 
@@ -93,9 +115,24 @@ class ActivationLogger(HookPlugin):
         if "distribution" not in stats:
             return {}
         averages = {f"ema_{stat}": ema_update_(state.get_buffer(f"ema_{stat}"), stats[stat], self.ema_decay) for stat in STATS}
+        if "picture_range" in stats:
+            ranges = state.picture_range
+            ranges.copy_(torch.where(torch.isnan(ranges), stats["picture_range"], ranges))
         history = state.history  # (modules, bins, width): shift left, newest column on the right
         history.copy_(torch.roll(history, shifts=-1, dims=2))
         history[:, :, -1] = stats["distribution"].nan_to_num(0.0)
-        picture = torch.log1p(1000 * history).flip(1)  # high values at the top; log so sparse bins show
-        picture = picture / picture.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-        return {**averages, "over_time": picture}
+        picture = torch.log1p(self.bins * history).flip(1)  # high values at the top; log so sparse bins show
+        picture = picture / picture.amax(dim=1, keepdim=True).clamp_min(1e-12)  # each column to its maximum
+        return {**averages, "over_time": colorize(picture)}
+
+    def _picture_range(self, ctx: HookContext, output: Tensor) -> tuple[float | Tensor, float | Tensor]:
+        """The configured range, or this module's saved one (from this step's values, the first time)."""
+        if self.range is not None:
+            return self.range
+        x = output.detach().float()
+        low, high = x.amin(), x.amax()
+        margin = 2 * (high - low).clamp_min(1e-6)  # room for activations that grow while training
+        saved = self._state.picture_range[ctx.index]
+        bounds = torch.where(torch.isnan(saved), torch.stack([low - margin, high + margin]), saved)
+        ctx.record("picture_range", bounds)
+        return bounds[0], bounds[1]

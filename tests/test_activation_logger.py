@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from plugins.activation_logger import ActivationLogger, activation_stats, fixed_histogram
+from plugins.activation_logger import COLORS, ActivationLogger, activation_stats, fixed_histogram
 from test_runner import fit
 
 
@@ -34,6 +34,8 @@ def test_buffers_follow_the_recorded_steps():
     plugin = ActivationLogger(name="act", targets=["fc1"], every_n_steps=2, bins=8, image_width=5, histograms=False)
     task, _ = fit([plugin], steps=5)  # active on steps 0, 2, 4
     state = task.plugin_state.act
+    low, high = state.picture_range[0].tolist()
+    assert low < high  # set from the first step's values, then kept
     assert state.history.shape == (1, 8, 5)
     filled = (state.history.sum(dim=1) > 0).tolist()[0]
     assert filled == [False, False, True, True, True]  # three columns, newest on the right
@@ -48,5 +50,7 @@ def test_picture_is_an_image_per_module_in_unit_range():
     stats = {stat: torch.zeros(2) for stat in ("mean", "std", "min", "max", "zero_fraction", "dead_fraction", "saturated_fraction")}
     stats["distribution"] = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0.5, 0.5]])
     picture = plugin.update(state, stats)["over_time"]
-    assert picture.shape == (2, 4, 3) and picture.max() == 1.0 and picture.min() == 0.0
-    assert picture[0, -1, -1] == 1.0  # the lowest bin is drawn at the bottom row
+    assert picture.shape == (2, 3, 4, 3) and 0 <= picture.min() and picture.max() <= 1  # (modules, RGB, bins, width)
+    brightest, darkest = COLORS[-1], COLORS[0]
+    assert torch.allclose(picture[0, :, -1, -1], brightest)  # the lowest bin is drawn at the bottom row
+    assert torch.allclose(picture[0, :, 0, -1], darkest) and torch.allclose(picture[0, :, 0, 0], darkest)  # empty bin, empty column

@@ -177,7 +177,7 @@ class HookPlugin:
         Each value of ``stats`` is a ``(num_modules, *shape)`` tensor of what ``ctx.record`` got,
         already averaged over the processes of a distributed run, so every rank writes the same
         buffers. Returned tensors are logged: shape ``()`` as ``<plugin>/<stat>``, ``(num_modules,)``
-        as a scalar per module, ``(num_modules, H, W)`` with values in [0, 1] as an image per module.
+        as a scalar per module, ``(num_modules, [3,] H, W)`` with values in [0, 1] as an image per module.
         """
         return {}
 

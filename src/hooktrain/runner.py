@@ -227,10 +227,10 @@ class PluginRunner(Callback):
         """Rank 0: scalars to every logger; histograms, images and the custom-scalars layout to TensorBoard.
 
         A statistic of shape ``()`` is one scalar for the plugin, ``(num_modules,)`` a scalar per
-        module, ``(num_modules, H, W)`` an image per module with values in [0, 1]; other shapes
-        are the plugin's own business.
+        module, ``(num_modules, H, W)`` or ``(num_modules, 3, H, W)`` a gray or RGB image per module
+        with values in [0, 1]; other shapes are the plugin's own business.
         """
-        logged = [entry for entry in logged if entry[2].dim() in (0, 1, 3)]
+        logged = [entry for entry in logged if entry[2].dim() in (0, 1, 3, 4)]
         histograms = [
             (self._tag(plugin.name, stat, index), summary)
             for plugin in plugins
@@ -269,7 +269,7 @@ class PluginRunner(Callback):
                 writer.add_histogram_raw(tag, low, high, count, total, squares, limits, counts, global_step=step)
         for tag, image in images:
             for writer in writers:
-                writer.add_image(tag, image, global_step=step, dataformats="HW")
+                writer.add_image(tag, image, global_step=step, dataformats="CHW" if image.dim() == 3 else "HW")
         if writers and not self._layout_written and len(plugins) == len(self.plugins):
             layout: dict[str, dict[str, list]] = {"plugin": {"overhead_ms": ["Multiline", [r"^plugin/overhead_ms/"]]}}
             for plugin_name, stat, values, _ in logged:
