@@ -140,9 +140,9 @@ def test_every_n_steps_must_be_a_positive_integer(value):
 
 def test_step_stats_average_repeated_calls_and_mark_missing_modules():
     stats = StepStats(num_modules=3)
-    stats.add_scalar("x", 0, torch.tensor(1.0))
-    stats.add_scalar("x", 0, torch.tensor(3.0))
-    stats.add_scalar("x", 2, torch.tensor(5.0))
+    stats.add("x", 0, torch.tensor(1.0))
+    stats.add("x", 0, torch.tensor(3.0))
+    stats.add("x", 2, torch.tensor(5.0))
     means = stats.means()["x"]
     assert means[0] == 2.0 and torch.isnan(means[1]) and means[2] == 5.0
     assert stats.recorded("x") == [True, False, True]

@@ -61,10 +61,10 @@ class HookContext:
 
         It stays on its device: no host sync. A scalar is also logged as ``<plugin>/<stat>/<module_name>``.
         """
-        self._stats.add_scalar(stat, self.index, value)
+        self._stats.add(stat, self.index, value)
 
     def record_histogram(self, stat: str, values: Tensor) -> None:
-        """Keeps ``values`` (detached) for a TensorBoard histogram at this step's flush (rank 0's)."""
+        """Summarizes ``values`` on their device (64 bins, no copy kept) for a TensorBoard histogram (rank 0 logs it)."""
         self._stats.add_histogram(stat, self.index, values)
 
     def unscale(self, grad: Tensor) -> Tensor:

@@ -19,7 +19,8 @@ def histogram_summary(values: Tensor, bins: int = HISTOGRAM_BINS) -> Tensor:
     width = (high - low).clamp_min(torch.finfo(torch.float32).tiny) / bins
     index = ((flat - low) / width).long().clamp_(0, bins - 1)
     counts = torch.zeros(bins, device=flat.device).scatter_add_(0, index, torch.ones_like(flat))
-    moments = torch.stack([low, high, torch.tensor(float(flat.numel()), device=flat.device), flat.sum(), flat.square().sum()])
+    count = torch.full((), float(flat.numel()), device=flat.device)  # a fill kernel, not a host-to-device copy
+    moments = torch.stack([low, high, count, flat.sum(), flat.square().sum()])
     return torch.cat([moments, counts])
 
 
@@ -46,7 +47,7 @@ class StepStats:
         self.counts: dict[str, list[int]] = {}
         self.histograms: dict[tuple[str, int], Tensor] = {}
 
-    def add_scalar(self, stat: str, index: int, value: Tensor) -> None:
+    def add(self, stat: str, index: int, value: Tensor) -> None:
         value = value.detach().float()
         if stat not in self.sums:
             self.sums[stat] = [None] * self.num_modules
