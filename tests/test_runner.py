@@ -166,3 +166,15 @@ def test_a_model_with_hooks_attached_can_be_copied_and_pickled():
     clone = pickle.loads(pickle.dumps(model))
     assert hook_count(clone) == hook_count(copy.deepcopy(model)) == hook_count(model) == 2
     runner.detach_all()
+
+
+def test_an_exception_in_update_names_the_plugin():
+    class BrokenUpdate(HookPlugin):
+        def forward(self, ctx, module, args, output):
+            ctx.record("x", output.mean())
+
+        def update(self, state, stats):
+            raise KeyError("missing")
+
+    with pytest.raises(PluginHookError, match=r"plugin 'broken' failed in its update: KeyError: 'missing'"):
+        fit([BrokenUpdate(name="broken", targets=["head"])])

@@ -125,7 +125,7 @@ class PluginRunner(Callback):
         model = getattr(pl_module, "model", pl_module)
         if not hasattr(pl_module, "plugin_state"):
             pl_module.plugin_state = nn.ModuleDict()
-        hook_map: dict[str, list[str]] = {}
+        hook_map: dict[str, list[str]] = {}  # module name -> "plugin: hook kinds (cadence)"
         for plugin in self.plugins:
             plugin.info = self.info
             selected = select_modules(model, plugin.targets, plugin.types, f"plugins.{plugin.name}")
@@ -141,10 +141,7 @@ class PluginRunner(Callback):
             kinds = ", ".join(plugin.hook_kinds() + [method for method in _STEP_METHODS if plugin.overrides(method)]) or "update only"
             for name in names:
                 hook_map.setdefault(name, []).append(f"{plugin.name}: {kinds} (every {plugin.every_n_steps} steps)")
-        if hook_map:
-            width = max(map(len, hook_map))
-            lines = [f"  {name if i == 0 else '':<{width}}  {entry}" for name, entries in hook_map.items() for i, entry in enumerate(entries)]
-            rank_zero_info("hook map (module  plugin: hooks):\n" + "\n".join(lines))
+        _print_hook_map(hook_map)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.info.total_steps = trainer.estimated_stepping_batches
@@ -200,7 +197,12 @@ class PluginRunner(Callback):
             stats = self._stats[plugin.name]
             means = recorded[plugin.name]
             start = time.perf_counter()
-            extra = plugin.update(pl_module.plugin_state[plugin.name], means)
+            try:
+                extra = plugin.update(pl_module.plugin_state[plugin.name], means)
+            except HooktrainError:
+                raise  # a plugin's own verdict, such as nan_guard's, reads as it is
+            except Exception as error:
+                raise PluginHookError(f"plugin {plugin.name!r} failed in its update: {type(error).__name__}: {error}") from error
             seconds[plugin.name] = seconds.get(plugin.name, 0.0) + time.perf_counter() - start
             if plugin.is_logging(self.info.step):
                 logged += [(plugin.name, stat, values, stats.recorded(stat)) for stat, values in means.items()]
@@ -281,3 +283,12 @@ class PluginRunner(Callback):
 
     def _tag(self, plugin_name: str, stat: str, index: int) -> str:
         return f"{plugin_name}/{stat}/{self._contexts[plugin_name][index][1].module_name}"
+
+
+def _print_hook_map(hook_map: dict[str, list[str]]) -> None:
+    """Rank 0 prints which plugin hooks which module, one line per pair, before training starts."""
+    if not hook_map:
+        return
+    width = max(map(len, hook_map))
+    lines = [f"  {name if i == 0 else '':<{width}}  {entry}" for name, entries in hook_map.items() for i, entry in enumerate(entries)]
+    rank_zero_info("hook map (module  plugin: hooks):\n" + "\n".join(lines))
