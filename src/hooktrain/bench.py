@@ -79,7 +79,7 @@ def compose_cfg(config_dir: Path, model: str, variant: str, total_steps: int, ou
     overrides = [
         f"model={model}", "data.batch_size=64", f"paths.output_dir={out_dir}", f"trainer.max_steps={total_steps}",
         "trainer.max_epochs=null", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
-        "trainer.enable_checkpointing=false", "trainer.enable_model_summary=false", "~callbacks.model_checkpoint",
+        "trainer.enable_checkpointing=false", "trainer.enable_model_summary=false", "~callbacks.model_checkpoint", "~callbacks.last_checkpoint",
         "task.scheduler=null",
     ]
     names = plugin_names(config_dir)

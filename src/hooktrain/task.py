@@ -76,8 +76,19 @@ class ClassifierTask(pl.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keeps torch's random state (dropout, random pruning), so a resumed run draws what a straight one would."""
+        checkpoint["hooktrain_rng"] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["hooktrain_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Lets a run resume with other plugins: plugin state present on one side only is left as is."""
+        """Restores the random state, and lets a run resume with other plugins: plugin state present on one side only is left as is."""
+        rng = checkpoint.get("hooktrain_rng", {})
+        if "cpu" in rng:
+            torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         saved = checkpoint["state_dict"]
         own = self.state_dict()
         for key in [key for key in saved if key.startswith("plugin_state.") and key not in own]:

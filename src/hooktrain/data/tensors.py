@@ -3,9 +3,25 @@
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from hooktrain.errors import HooktrainError, check_in_range, check_positive_int
+
+
+class EpochShuffle(RandomSampler):
+    """Shuffles with a permutation drawn from ``(seed, epoch)``, so epoch N has the same order in a resumed run.
+
+    Lightning calls ``set_epoch`` before each epoch; under DDP it replaces this sampler (a
+    RandomSampler) with its DistributedSampler, which is seeded per epoch the same way.
+    """
+
+    def __init__(self, data_source: TensorDataset, seed: int) -> None:
+        super().__init__(data_source, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed + epoch)
 
 
 class TensorDataModule(pl.LightningDataModule):
@@ -72,10 +88,11 @@ class TensorDataModule(pl.LightningDataModule):
         return self._loader("test")
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        data = self.splits[split]
         return DataLoader(
-            self.splits[split],
+            data,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffle(data, self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
