@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 from conftest import run_cli
 from hooktrain import HooktrainError, train
+from hooktrain.errors import NonFiniteError
 from hooktrain.config import trainer_schema
 from hooktrain.models import LeNet
 
@@ -72,6 +73,18 @@ def test_resume_restores_plugin_buffers_and_continues(make_cfg, tmp_path):
     assert after["state_dict"]["plugin_state.grad_logger.updates"].item() == 8  # 4 restored + 4 new
 
 
+def test_a_checkpoint_of_another_model_is_refused_before_training(make_cfg, tmp_path):
+    train(make_cfg("model=mlp"))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(HooktrainError, match=r"`ckpt_path`: .* holds another model \(differing tensors: \[\('classifier.fc1.bias'"):
+        train(make_cfg("model=lenet", f"ckpt_path={last}"))
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step(make_cfg):
+    with pytest.raises(NonFiniteError, match=r"the training loss is nan at step 0; plugins=\[nan_guard\] names"):
+        train(make_cfg("model=mlp", "data=synthetic", "data.noise=nan"))  # NaN images
+
+
 def test_trainer_schema_covers_every_plain_trainer_argument(make_cfg):
     keys = set(make_cfg().trainer)
     arguments = set(inspect.signature(Trainer.__init__).parameters) - {"self", "callbacks", "logger", "plugins"}
@@ -89,6 +102,7 @@ def test_trainer_schema_covers_every_plain_trainer_argument(make_cfg):
         ("task.optimizer.lr=-0.1", r"`task.optimizer` / `task.scheduler`: Invalid learning rate: -0.1"),
         ("model.image_size=16", r"the model cannot take the data's images of shape \(1, 8, 8\)"),
         ("ckpt_path=/no/such.ckpt", r"`ckpt_path`: no checkpoint file at '/no/such.ckpt'"),
+        ("ckpt_path=pyproject.toml", r"`ckpt_path`: 'pyproject.toml' is not a Lightning checkpoint"),
         ("model.num_classes=5", r"the model outputs shape \(5,\) per sample but the data has 10 classes"),
         ("model._target_=hooktrain.models.Nope", r"cannot build `model` \(hooktrain.models.Nope\): ModuleNotFoundError: No module named"),
     ],

@@ -65,7 +65,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     run = build_run(cfg)
     trainer, task = run.trainer, run.task
-    ckpt_path = check_ckpt_path(cfg.get("ckpt_path"))
+    ckpt_path = check_checkpoint(cfg.get("ckpt_path"), task.model)
     output_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +124,25 @@ def check_optimizer(task: pl.LightningModule) -> None:
         raise HooktrainError(f"`task.optimizer` / `task.scheduler`: {error}") from None
 
 
-def check_ckpt_path(ckpt_path: str | None) -> str | None:
-    if ckpt_path is not None and ckpt_path not in ("last", "best") and not Path(ckpt_path).is_file():
+def check_checkpoint(ckpt_path: str | None, model: nn.Module) -> str | None:
+    """A resume checkpoint must exist, be a Lightning checkpoint, and hold this model's tensors (pruned or not)."""
+    if ckpt_path is None or ckpt_path in ("last", "best"):
+        return ckpt_path
+    if not Path(ckpt_path).is_file():
         raise HooktrainError(f"`ckpt_path`: no checkpoint file at {ckpt_path!r}; give the path of a .ckpt file, e.g. <run dir>/checkpoints/last.ckpt")
+    try:
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+    except Exception as error:  # unpickling refused, truncated file, not a dict: all mean "not a checkpoint"
+        raise HooktrainError(f"`ckpt_path`: {ckpt_path!r} is not a Lightning checkpoint ({type(error).__name__}: {error})") from None
+    saved_shapes = {}
+    for key, value in saved.items():
+        if key.startswith("model.") and not key.endswith("_mask"):
+            saved_shapes[key.removeprefix("model.").removesuffix("_orig")] = tuple(value.shape)
+    own_shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    if saved_shapes != own_shapes:
+        differing = sorted(set(saved_shapes.items()) ^ set(own_shapes.items()))[:4]
+        raise HooktrainError(
+            f"`ckpt_path`: {ckpt_path!r} holds another model (differing tensors: {differing}); "
+            "resume with the model config it was trained with"
+        )
     return ckpt_path

@@ -1,6 +1,7 @@
 """ClassifierTask: the LightningModule that trains any classifier nn.Module."""
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -8,6 +9,8 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from hooktrain.errors import NonFiniteError
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +44,16 @@ class ClassifierTask(pl.LightningModule):
         # Epoch sums stay on the device; `self.log` every step would cost more than a small model's step.
         self._train_sums.add_(torch.stack([loss.detach() * len(y), correct]))
         self._train_count += len(y)
-        if self.global_step % self.trainer.log_every_n_steps == 0 and self.trainer.is_global_zero:
-            values = torch.stack([loss.detach(), correct / len(y)]).tolist()  # the one host sync, on logging steps only
-            for logger in self.loggers:
-                logger.log_metrics({"train/loss": values[0], "train/acc": values[1]}, step=self.global_step)
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            loss_value, accuracy = torch.stack([loss.detach(), correct / len(y)]).tolist()  # the one host sync, on logging steps only
+            if not math.isfinite(loss_value):
+                raise NonFiniteError(
+                    f"the training loss is {loss_value} at step {self.global_step}; plugins=[nan_guard] names the first "
+                    "module that went non-finite; a lower task.optimizer.lr or plugins=[grad_clip] often helps"
+                )
+            if self.trainer.is_global_zero:
+                for logger in self.loggers:
+                    logger.log_metrics({"train/loss": loss_value, "train/acc": accuracy}, step=self.global_step)
         return loss
 
     def on_train_epoch_start(self) -> None:
