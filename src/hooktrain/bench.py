@@ -75,7 +75,7 @@ class PlainModule(pl.LightningModule):
         return torch.optim.Adam(self.model.parameters(), lr=self.lr)
 
 
-def compose_cfg(config_dir: Path, model: str, variant: str, total_steps: int, out_dir: str) -> DictConfig:
+def compose_cfg(config_dir: Path, model: str, variant: str, total_steps: int, out_dir: str, extra: tuple[str, ...] = ()) -> DictConfig:
     overrides = [
         f"model={model}", "data.batch_size=64", f"paths.output_dir={out_dir}", f"trainer.max_steps={total_steps}",
         "trainer.max_epochs=null", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
@@ -94,7 +94,7 @@ def compose_cfg(config_dir: Path, model: str, variant: str, total_steps: int, ou
     if variant == "hooktrain+idle":
         overrides += [f"++plugins.{name}.{key}={NEVER}" for name in names for key in ("every_n_steps", "log_every_n_steps")]
     with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
-        return compose("train", overrides=overrides)
+        return compose("train", overrides=[*overrides, *extra])
 
 
 def logging_plugins(config_dir: Path) -> list[str]:
