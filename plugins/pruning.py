@@ -81,6 +81,7 @@ class Pruning(HookPlugin):
                 raise HooktrainError(f"`{self.field('parameter')}`: module {name!r} ({type(module).__name__}) has no tensor {self.parameter!r}")
             if not hasattr(module, f"{self.parameter}_mask"):
                 prune.identity(module, self.parameter)
+            self._refresh(module)
         self._modules = modules
         state.register_buffer("target_sparsity", torch.zeros(()))
 
@@ -91,6 +92,7 @@ class Pruning(HookPlugin):
         with torch.no_grad():
             for module, mask in zip(self._modules.values(), self._new_masks(target)):
                 getattr(module, f"{self.parameter}_mask").copy_(mask)
+                self._refresh(module)
         masks = [getattr(module, f"{self.parameter}_mask") for module in self._modules.values()]
         sparsity = torch.stack([1 - mask.float().mean() for mask in masks])
         overall = 1 - sum(mask.sum() for mask in masks) / sum(mask.numel() for mask in masks)
@@ -109,6 +111,15 @@ class Pruning(HookPlugin):
             return [prune.LnStructured(target, n=self.n, dim=self.dim).compute_mask(weight, mask) for weight, mask in zip(weights, old)]
         # random_unstructured: random among the weights still kept, so the sparsity reaches the target exactly
         return [lowest(torch.rand_like(weight).masked_fill(mask == 0, -1.0), round(target * weight.numel())) for weight, mask in zip(weights, old)]
+
+    def _refresh(self, module: nn.Module) -> None:
+        """Recomputes ``module.<parameter>`` without a graph, so the model can be deep-copied between steps.
+
+        PyTorch's pruning hook recomputes it at every forward; until then it would be a non-leaf
+        tensor, which ``copy.deepcopy`` refuses.
+        """
+        with torch.no_grad():
+            setattr(module, self.parameter, self._masked_weight(module))
 
     def _masked_weight(self, module: nn.Module) -> Tensor:
         return getattr(module, f"{self.parameter}_orig").detach() * getattr(module, f"{self.parameter}_mask")

@@ -1,5 +1,8 @@
 """pruning: the schedule, each method's masks, checkpoints, resume and the exported model."""
 
+import copy
+import io
+
 import pytest
 import torch
 from torch import nn
@@ -109,3 +112,14 @@ def test_pruned_run_checkpoints_masks_resumes_the_schedule_and_exports_sparse_we
     total = sum(weights[f"{name}.weight"].numel() for name in ("fc1", "fc2", "head"))
     zeros = sum((weights[f"{name}.weight"] == 0).sum().item() for name in ("fc1", "fc2", "head"))
     assert zeros / total == pytest.approx(0.8, abs=0.01)
+
+
+def test_a_pruned_model_deep_copies_and_saves_between_steps():
+    plugin, state, model = setup_plugin("l1_unstructured", amount=0.5)
+    copy.deepcopy(model)  # right after setup, as weight-averaging callbacks do at fit start
+    plugin.info.step = 0
+    model(torch.randn(2, 6)).sum().backward()
+    plugin.update(state, {})  # the end of an active step
+    clone = copy.deepcopy(model)
+    torch.save(model, io.BytesIO())
+    torch.testing.assert_close(clone(torch.ones(1, 6)), model(torch.ones(1, 6)))
