@@ -1,7 +1,18 @@
 """The exported model: weights a plain PyTorch model loads, whatever plugins did to it during training."""
 
+import os
+from pathlib import Path
+
+import torch
 import torch.nn.utils.prune as prune
 from torch import Tensor, nn
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a killed run leaves the old file or the new one, never half."""
+    partial = path.with_name(path.name + ".partial")
+    torch.save(obj, partial)
+    os.replace(partial, path)
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:

@@ -12,7 +12,7 @@ from torch import nn
 
 from hooktrain.build import build, build_plugins
 from hooktrain.errors import HooktrainError
-from hooktrain.export import plain_state_dict
+from hooktrain.export import plain_state_dict, save_atomic
 from hooktrain.runner import PluginRunner
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             logger.log_hyperparams(hparams)
 
     if trainer.is_global_zero:
-        torch.save(plain_state_dict(task.model), output_dir / "model.pt")
+        save_atomic(plain_state_dict(task.model), output_dir / "model.pt")
         log.info("final model weights (those tested) saved to %s", output_dir / "model.pt")
     return metrics
 
