@@ -119,9 +119,13 @@ def check_model_takes_data(model: nn.Module, datamodule: pl.LightningDataModule)
 def check_optimizer(task: pl.LightningModule) -> None:
     """Builds the optimizer once, so a bad value (a negative learning rate) fails before training."""
     try:
-        task.configure_optimizers()
+        configured = task.configure_optimizers()
     except (ValueError, TypeError) as error:
         raise HooktrainError(f"`task.optimizer` / `task.scheduler`: {error}") from None
+    optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
+    for group in getattr(optimizer, "param_groups", []):
+        if not isinstance(group.get("lr"), (int, float)) or group["lr"] <= 0:
+            raise HooktrainError(f"`task.optimizer.lr` must be a number > 0, got {group.get('lr')!r}")
 
 
 def check_checkpoint(ckpt_path: str | None, model: nn.Module) -> str | None:
