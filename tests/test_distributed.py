@@ -25,3 +25,17 @@ def test_ddp_on_two_cpu_processes_with_every_plugin(tmp_path):
     assert state["plugin_state.nan_guard.checked_steps"].item() == 6
     assert state["plugin_state.grad_logger.updates"].item() == 6
     assert state["plugin_state.pruning.target_sparsity"].item() == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_torchrun_launches_the_same_config(tmp_path):
+    result = run_cli(
+        "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", "train.py", "model=mlp",
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1", "trainer.limit_train_batches=4",
+        "trainer.enable_progress_bar=false", "plugins=[grad_logger]", "plugins.grad_logger.every_n_steps=1", f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    writers = {path.name.split(".")[-2] for path in (tmp_path / "tensorboard").glob("events.*")}
+    assert len(writers) == 1
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state["plugin_state.grad_logger.updates"].item() == 4
