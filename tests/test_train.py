@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from conftest import run_cli
-from hooktrain import HooktrainError, train
+from hooktrain import HookPlugin, HooktrainError, PluginHookError, train
 from hooktrain.errors import NonFiniteError
 from hooktrain.config import trainer_schema
 from hooktrain.models import LeNet
@@ -83,6 +83,25 @@ def test_a_checkpoint_of_another_model_is_refused_before_training(make_cfg, tmp_
 def test_a_nan_loss_stops_the_run_naming_the_step(make_cfg):
     with pytest.raises(NonFiniteError, match=r"the training loss is nan at step 0; plugins=\[nan_guard\] names"):
         train(make_cfg("model=mlp", "data=synthetic", "data.noise=nan"))  # NaN images
+
+
+class RaisingPlugin(HookPlugin):
+    """Fails in its forward hook from step 9 on (a plugin bug in the middle of a run)."""
+
+    def forward(self, ctx, module, args, output):
+        if ctx.step >= 9:
+            raise RuntimeError("boom")
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_a_plugin_error_stops_the_run_and_leaves_the_last_checkpoint_intact(make_cfg, tmp_path):
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    train(make_cfg("model=mlp", "trainer.max_epochs=2"))  # steps 0-7; the resumed run fails in its first epoch
+    broken = ["+plugins.broken._target_=test_train.RaisingPlugin", "+plugins.broken.targets=[fc1]"]
+    with pytest.raises(PluginHookError, match=r"plugin 'broken' failed in its forward hook on module 'fc1': RuntimeError: boom"):
+        train(make_cfg("model=mlp", "trainer.max_epochs=4", f"ckpt_path={last}", *broken))
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["global_step"] == 8  # the epoch that ended before the error, whole
 
 
 def test_trainer_schema_covers_every_plain_trainer_argument(make_cfg):
