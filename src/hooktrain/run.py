@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -49,6 +50,8 @@ def build_run(cfg: DictConfig) -> Run:
     check_optimizer(task)
     plugins = build_plugins(cfg.get("plugins"))
     callbacks = [build(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items()]
+    if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar it was told not to show
+        callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
     logger = build(cfg.logger, "logger")
     trainer = build(cfg.trainer, "trainer", callbacks=[*callbacks, PluginRunner(plugins)], logger=logger)
     return Run(trainer, task, datamodule)
