@@ -1,5 +1,6 @@
 """The main job end to end: the real config, a few steps, real event files, checkpoints and model.pt."""
 
+import importlib
 import inspect
 from pathlib import Path
 
@@ -202,3 +203,19 @@ def test_all_plugins_together_log_checkpoint_and_export(make_cfg, tmp_path):
     zeros = sum((weights[f"{layer}.weight"] == 0).sum().item() for layer in LENET_LAYERS)
     assert zeros / total == pytest.approx(0.5, abs=0.01)
     assert 0 <= metrics["test/acc"] <= 1
+
+
+def test_an_inplace_op_after_a_full_backward_hook_is_explained(make_cfg, monkeypatch):
+    run_module = importlib.import_module("hooktrain.run")  # the module; `hooktrain.run` is the function
+    original = run_module.build
+
+    def build_with_inplace_relu(node, field, **kwargs):  # the same MLP with ReLU(inplace=True), as a user's model may be
+        built = original(node, field, **kwargs)
+        if field == "model":
+            built.act1.inplace = True
+        return built
+
+    monkeypatch.setattr(run_module, "build", build_with_inplace_relu)
+    cfg = make_cfg("model=mlp", "plugins=[grad_logger]", "plugins.grad_logger.every_n_steps=1", "plugins.grad_logger.targets=[fc1]")
+    with pytest.raises(HooktrainError, match=r"a module's output is modified in place .* nn.ReLU\(inplace=True\)"):
+        train(cfg)

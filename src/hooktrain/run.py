@@ -74,7 +74,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
-    trainer.fit(task, datamodule=run.datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(task, datamodule=run.datamodule, ckpt_path=ckpt_path)
+    except RuntimeError as error:
+        if "of BackwardHookFunction is a view" in str(error):  # PyTorch's own words for this case
+            raise HooktrainError(
+                "a module's output is modified in place (e.g. nn.ReLU(inplace=True) or `x += ...`) after a plugin's "
+                "full backward hook saw it; make that operation out of place, or choose other modules with `targets`"
+            ) from error
+        raise
     # The final model is tested and exported (best.ckpt stays for whoever wants it): with a
     # schedule such as pruning's, the best validation epoch can predate the final sparsity.
     results = trainer.test(task, datamodule=run.datamodule, ckpt_path=None)
