@@ -4,7 +4,6 @@ import re
 import types
 from pathlib import Path
 
-import torch
 import yaml
 
 from test_runner import fit
