@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor, nn
 
-from hooktrain.errors import HooktrainError
+from hooktrain.errors import HooktrainError, check_positive
 from hooktrain.plugin import HookContext, HookPlugin
 
 MODES = ("norm", "value")
@@ -41,10 +41,9 @@ class GradClip(HookPlugin):
             raise HooktrainError(f"`{self.field('mode')}` must be one of {list(MODES)}, got {mode!r}")
         if at not in PLACES:
             raise HooktrainError(f"`{self.field('at')}` must be one of {list(PLACES)}, got {at!r}")
-        for key, value in (("max_norm", max_norm), ("clip_value", clip_value)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise HooktrainError(f"`{self.field(key)}` must be a number > 0, got {value!r}")
-        self.mode, self.max_norm, self.clip_value, self.at = mode, float(max_norm), float(clip_value), at
+        self.max_norm = check_positive(self.field("max_norm"), max_norm)
+        self.clip_value = check_positive(self.field("clip_value"), clip_value)
+        self.mode, self.at = mode, at
 
     def hook_kinds(self) -> list[str]:
         return ["backward_pre"] if self.at == "output" else []

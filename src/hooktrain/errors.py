@@ -21,15 +21,22 @@ def check_positive_int(field: str, value: object) -> int:
     return value
 
 
-def check_in_range(field: str, value: object, low: float, high: float, *, high_inclusive: bool = False) -> float:
-    """Returns ``value`` if it is a number in ``[low, high)`` (or ``[low, high]``), else raises naming ``field``."""
-    inside = isinstance(value, Real) and not isinstance(value, bool) and low <= value and (
-        value <= high if high_inclusive else value < high
-    )
-    if not inside:
-        closing = "]" if high_inclusive else ")"
-        raise HooktrainError(f"`{field}` must be a number in [{low}, {high}{closing}, got {value!r}")
+def check_in_range(field: str, value: object, low: float, high: float) -> float:
+    """Returns ``value`` if it is a number in ``[low, high)``, else raises naming ``field``."""
+    if not (_is_number(value) and low <= value < high):
+        raise HooktrainError(f"`{field}` must be a number in [{low}, {high}), got {value!r}")
     return float(value)
+
+
+def check_positive(field: str, value: object) -> float:
+    """Returns ``value`` if it is a number > 0, else raises naming ``field``."""
+    if not (_is_number(value) and value > 0):
+        raise HooktrainError(f"`{field}` must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 class NonFiniteError(HooktrainError):

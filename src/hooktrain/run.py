@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hooktrain.build import build, build_plugins
-from hooktrain.errors import HooktrainError
+from hooktrain.errors import HooktrainError, check_positive
 from hooktrain.export import plain_state_dict, save_atomic
 from hooktrain.runner import PluginRunner
 
@@ -135,8 +135,7 @@ def check_optimizer(task: pl.LightningModule) -> None:
         raise HooktrainError(f"`task.optimizer` / `task.scheduler`: {error}") from None
     optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
     for group in getattr(optimizer, "param_groups", []):
-        if not isinstance(group.get("lr"), (int, float)) or group["lr"] <= 0:
-            raise HooktrainError(f"`task.optimizer.lr` must be a number > 0, got {group.get('lr')!r}")
+        check_positive("task.optimizer.lr", group.get("lr"))
 
 
 def check_checkpoint(ckpt_path: str | None, model: nn.Module) -> str | None:
