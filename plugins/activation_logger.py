@@ -5,7 +5,7 @@ from torch import Tensor, nn
 
 from hooktrain.errors import HooktrainError, check_in_range, check_positive_int
 from hooktrain.plugin import HookContext, HookPlugin
-from hooktrain.stats import ema_update_
+from hooktrain.stats import bucket_counts, ema_update_
 
 STATS = ("mean", "std", "min", "max", "zero_fraction", "dead_fraction", "saturated_fraction")
 
@@ -40,9 +40,7 @@ def colorize(values: Tensor) -> Tensor:
 
 def fixed_histogram(x: Tensor, low: float | Tensor, high: float | Tensor, bins: int) -> Tensor:
     """Fractions of ``x`` in ``bins`` equal buckets over ``[low, high]``, outliers in the end buckets; sync-free."""
-    index = ((x.detach().float().flatten() - low) * (bins / (high - low))).long().clamp_(0, bins - 1)
-    counts = torch.zeros(bins, device=x.device).scatter_add_(0, index, torch.ones_like(index, dtype=torch.float))
-    return counts / max(x.numel(), 1)
+    return bucket_counts(x, low, high, bins) / max(x.numel(), 1)
 
 
 class ActivationLogger(HookPlugin):

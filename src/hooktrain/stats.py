@@ -16,12 +16,20 @@ def histogram_summary(values: Tensor, bins: int = HISTOGRAM_BINS) -> Tensor:
     """
     flat = values.flatten().float()
     low, high = flat.min(), flat.max()
-    width = (high - low).clamp_min(torch.finfo(torch.float32).tiny) / bins
-    index = ((flat - low) / width).long().clamp_(0, bins - 1)
-    counts = torch.zeros(bins, device=flat.device).scatter_add_(0, index, torch.ones_like(flat))
+    counts = bucket_counts(flat, low, low + (high - low).clamp_min(torch.finfo(torch.float32).tiny), bins)
     count = torch.full((), float(flat.numel()), device=flat.device)  # a fill kernel, not a host-to-device copy
     moments = torch.stack([low, high, count, flat.sum(), flat.square().sum()])
     return torch.cat([moments, counts])
+
+
+def bucket_counts(values: Tensor, low: float | Tensor, high: float | Tensor, bins: int) -> Tensor:
+    """How many of ``values`` fall in each of ``bins`` equal buckets over ``[low, high]``; outliers go to the end buckets.
+
+    ``scatter_add_`` into a fixed-size tensor, so no host sync (``bincount`` and ``histc`` need one).
+    """
+    flat = values.detach().flatten().float()
+    index = ((flat - low) * (bins / (high - low))).long().clamp_(0, bins - 1)
+    return torch.zeros(bins, device=flat.device).scatter_add_(0, index, torch.ones_like(flat))
 
 
 def ema_update_(average: Tensor, value: Tensor, decay: float) -> Tensor:
