@@ -28,7 +28,6 @@ class NanGuard(HookPlugin):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._order: dict[str, list[int]] = {"output": [], "gradient": []}  # module indices, in call order
-        self._step = 0
         self._pending: list[tuple[Tensor, object, dict[str, list[int]], int]] = []  # flags, CUDA event, order, step
         self._names: list[str] = []
 
@@ -38,7 +37,6 @@ class NanGuard(HookPlugin):
 
     def forward(self, ctx: HookContext, module: nn.Module, args: tuple, output) -> None:
         if isinstance(output, Tensor):
-            self._step = ctx.step
             self._order["output"].append(ctx.index)
             ctx.record("nonfinite_output", (~torch.isfinite(output.detach())).any().float())
 
@@ -62,7 +60,7 @@ class NanGuard(HookPlugin):
             event = torch.cuda.Event()
             event.record()
             flags = host
-        self._pending.append((flags, event, order, self._step))
+        self._pending.append((flags, event, order, self.info.step))
         self._check()
         return {}
 
