@@ -20,7 +20,7 @@ class NanGuard(HookPlugin):
     Buffers: ``checked_steps``, the steps checked so far.
 
     Raises:
-        NonFiniteError: ``nan_guard: step 812: the output of 'features.conv2' is not finite ...``.
+        NonFiniteError: ``nan_guard: at step 812, the output of module 'features.conv2' is not finite ...``.
     """
 
     changes_training = True
