@@ -13,6 +13,7 @@ Hooks keep PyTorch's meaning: a hook that returns something other than ``None`` 
 module's inputs, output or gradient. Logging plugins return ``None``.
 """
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,10 @@ class StepInfo:
     total_steps: float = float("inf")  # optimizer steps the fit will take (Lightning's estimate)
     scaler: Any = None  # the GradScaler of a mixed-precision run, else None
     seconds: dict[str, float] = field(default_factory=dict)  # host time spent in each plugin's code this step
+
+    def charge(self, plugin_name: str, since: float) -> None:
+        """Adds the host time from ``since`` (a ``time.perf_counter()`` reading) to the plugin's account."""
+        self.seconds[plugin_name] = self.seconds.get(plugin_name, 0.0) + time.perf_counter() - since
 
 
 class HookContext:

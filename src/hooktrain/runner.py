@@ -56,8 +56,7 @@ class _Hook:
                 f"{self.ctx.module_name!r}: {type(error).__name__}: {error}"
             ) from error
         finally:
-            seconds = self.ctx.info.seconds
-            seconds[self.plugin.name] = seconds.get(self.plugin.name, 0.0) + time.perf_counter() - start
+            self.ctx.info.charge(self.plugin.name, start)
 
 
 class PluginRunner(Callback):
@@ -192,7 +191,7 @@ class PluginRunner(Callback):
         if trainer.world_size > 1:
             self._reduce(trainer, recorded)
         logged: list[tuple[str, str, Tensor, list[bool]]] = []
-        seconds = self.info.seconds
+        logging_now = [plugin for plugin in plugins if plugin.is_logging(self.info.step)]
         for plugin in plugins:
             stats = self._stats[plugin.name]
             means = recorded[plugin.name]
@@ -203,15 +202,15 @@ class PluginRunner(Callback):
                 raise  # a plugin's own verdict, such as nan_guard's, reads as it is
             except Exception as error:
                 raise PluginHookError(f"plugin {plugin.name!r} failed in its update: {type(error).__name__}: {error}") from error
-            seconds[plugin.name] = seconds.get(plugin.name, 0.0) + time.perf_counter() - start
-            if plugin.is_logging(self.info.step):
+            self.info.charge(plugin.name, start)
+            if plugin in logging_now:
                 logged += [(plugin.name, stat, values, stats.recorded(stat)) for stat, values in means.items()]
                 logged += [(plugin.name, stat, values, [True] * (len(values) if values.dim() else 1)) for stat, values in extra.items()]
         if trainer.is_global_zero and logged:
-            self._log(trainer, [plugin for plugin in plugins if plugin.is_logging(self.info.step)], logged)
+            self._log(trainer, logging_now, logged)
         for plugin in plugins:
             self._stats[plugin.name].clear()
-        seconds.clear()
+        self.info.seconds.clear()
 
     @staticmethod
     def _reduce(trainer: pl.Trainer, recorded: dict[str, dict[str, Tensor]]) -> None:
@@ -247,16 +246,16 @@ class PluginRunner(Callback):
         metrics = {f"plugin/overhead_ms/{name}": 1000 * spent for name, spent in self.info.seconds.items()}
         images: list[tuple[str, Tensor]] = []
         for plugin_name, stat, values, present in logged:
-            chunk = host[position : position + values.numel()].view(values.shape)
-            position += values.numel()
+            start, position = position, position + values.numel()
             if values.dim() == 0:  # one value for the whole plugin
-                metrics[f"{plugin_name}/{stat}"] = numbers[position - 1]
+                metrics[f"{plugin_name}/{stat}"] = numbers[start]
                 continue
+            chunk = host[start:position].view(values.shape)
             for index, keep in enumerate(present):
                 if not keep:
                     continue
                 if values.dim() == 1:
-                    metrics[self._tag(plugin_name, stat, index)] = numbers[position - values.numel() + index]
+                    metrics[self._tag(plugin_name, stat, index)] = numbers[start + index]
                 else:
                     images.append((self._tag(plugin_name, stat, index), chunk[index]))
         for logger in trainer.loggers:
