@@ -46,7 +46,8 @@ class ModuleTimer(HookPlugin):
     def update(self, state: nn.Module, stats: dict) -> dict:
         for phase in ("forward", "backward"):
             if f"{phase}_ms" in stats:
-                state.get_buffer(f"total_{phase}_ms").add_(stats[f"{phase}_ms"].nan_to_num(0.0).double())
+                total = state.get_buffer(f"total_{phase}_ms")  # on the model's device; the times come from the host
+                total.add_(stats[f"{phase}_ms"].nan_to_num(0.0).to(total.device, torch.float64, non_blocking=True))
         return {}
 
     def _stop(self, ctx: HookContext, module: nn.Module, phase: str) -> None:

@@ -13,8 +13,12 @@ from lightning.pytorch.callbacks import Callback
 from hooktrain import PluginRunner
 from hooktrain.data import SyntheticDataModule
 from hooktrain.models import MLP
+from hooktrain.registry import plugin_names
+from hooktrain.run import build_run
 from hooktrain.task import ClassifierTask
 from plugins.grad_logger import GradLogger
+
+from conftest import ROOT
 
 HOOKTRAIN_CODE = ("hooktrain/runner.py", "hooktrain/plugin.py", "hooktrain/stats.py", f"{Path('plugins')}/")
 
@@ -58,27 +62,42 @@ def test_no_host_copy_on_idle_steps_and_one_on_active_steps(monkeypatch, tmp_pat
         assert counter.calls[(step, "cpu")] == 1 and counter.calls[(step, "item")] == 0  # one batched copy
 
 
+class SyncDebugOn(Callback):
+    """First callback: from each idle step's batch start, any synchronizing CUDA call raises."""
+
+    def __init__(self, active_every: int) -> None:
+        self.active_every = active_every
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step % self.active_every != 0:
+            torch.cuda.set_sync_debug_mode("error")
+
+
+class SyncDebugOff(Callback):
+    """Last callback: the check ends with the step's batch end (after every other callback's)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        torch.cuda.set_sync_debug_mode(0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.filterwarnings("ignore:The number of training batches .* is smaller than the logging interval")
-def test_idle_steps_on_cuda_make_no_synchronizing_call():
-    class SyncDebugOnIdleSteps(Callback):
-        """Errors on any synchronizing CUDA call between batch start and batch end of idle steps."""
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step % 4 != 0:
-                torch.cuda.set_sync_debug_mode("error")
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            torch.cuda.set_sync_debug_mode(0)
-
-    task = ClassifierTask(MLP(in_features=16, hidden_sizes=[32], num_classes=3), optimizer=partial(torch.optim.SGD, lr=0.1))
-    trainer = pl.Trainer(
-        accelerator="gpu", devices=1, max_steps=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, log_every_n_steps=1000,
-        callbacks=[SyncDebugOnIdleSteps(), PluginRunner([GradLogger(name="grad_logger", every_n_steps=4)])],
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])  # 16-mixed: GradScaler itself reads found_inf every step
+def test_idle_steps_of_the_main_job_on_cuda_make_no_synchronizing_call(make_cfg, precision):
+    """The real config with every plugin: steps 1-3, 5-7, ... (all plugins idle but nan_guard and grad_clip,
+    which act on every step by default) run under ``set_sync_debug_mode("error")``."""
+    every = 4
+    cadence = [f"++plugins.{name}.{key}={every}" for name in plugin_names(ROOT / "conf") for key in ("every_n_steps", "log_every_n_steps")]
+    cfg = make_cfg(
+        "trainer=gpu", f"trainer.precision={precision}", f"trainer.log_every_n_steps={every}", "trainer.limit_train_batches=13",
+        f"plugins=[{','.join(plugin_names(ROOT / 'conf'))}]", *cadence,
+        "++plugins.nan_guard.every_n_steps=1", "++plugins.grad_clip.every_n_steps=1",
     )
+    run = build_run(cfg)
+    run.trainer.callbacks.insert(0, SyncDebugOn(every))
+    run.trainer.callbacks.append(SyncDebugOff())
     try:
-        trainer.fit(task, datamodule=SyntheticDataModule(num_samples=256, num_classes=3, image_size=4, batch_size=8))
+        run.trainer.fit(run.task, datamodule=run.datamodule)
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    assert trainer.global_step == 12
+    assert run.trainer.global_step == 13
+    assert run.task.plugin_state.nan_guard.checked_steps.item() == 13

@@ -1,9 +1,14 @@
 """``python -m hooktrain.bench``: training throughput of hooktrain against a raw PyTorch loop and plain Lightning.
 
 Every variant trains the same model on the same digits batches for ``--warmup`` + ``--steps``
-optimizer steps; the time of the last ``--steps`` is taken between batch starts, so it includes all
-per-step work (data, loop, logging). Variants run interleaved, ``--repeats`` times in a rotating
-order, so drift of a shared machine hits them alike; medians are reported.
+optimizer steps; each of the last ``--steps`` is timed from its batch start to the next one, so a
+step's time holds all its work (data, loop, logging). Variants run interleaved, ``--repeats`` times
+in a rotating order, so drift of a shared machine hits them alike.
+
+Step time of a variant: for each step position, the median over repeats; then the mean over
+positions. The median drops the machine's random stalls, which land on other steps in each repeat;
+the mean keeps periodic work (a logging step every 50) at its true share. On a GPU every timed step
+ends with ``torch.cuda.synchronize()``, so a step's time holds its kernels.
 
 Variants: ``raw`` (a hand-written loop, the limit), ``lightning`` (a plain LightningModule with the
 Trainer's defaults: what users would write instead), ``hooktrain`` (train.py's config, no plugins),
@@ -47,6 +52,13 @@ from hooktrain.run import build_run
 NEVER = 10**9  # every_n_steps that leaves a plugin active on step 0 only
 
 
+def stamp(stamps: list[float]) -> None:
+    """Appends the time now, after the GPU's queued work (if any) is done."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    stamps.append(time.perf_counter())
+
+
 class BatchClock(Callback):
     """Stamps the start of every training batch (it must be the first callback)."""
 
@@ -54,7 +66,7 @@ class BatchClock(Callback):
         self.stamps: list[float] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.stamps.append(time.perf_counter())
+        stamp(self.stamps)
 
 
 class PlainModule(pl.LightningModule):
@@ -104,21 +116,24 @@ def logging_plugins(config_dir: Path) -> list[str]:
     ]
 
 
-def time_variant(config_dir: Path, model: str, variant: str, warmup: int, steps: int) -> float:
-    """Seconds per optimizer step over the last ``steps`` of ``warmup + steps`` (batch start to batch start)."""
+def time_variant(
+    config_dir: Path, model: str, variant: str, warmup: int, steps: int, overrides: tuple[str, ...] = ()
+) -> list[float]:
+    """Seconds of each of the last ``steps`` optimizer steps of ``warmup + steps`` (batch start to batch start)."""
     total = warmup + steps + 1
     with tempfile.TemporaryDirectory() as out_dir:
-        cfg = compose_cfg(config_dir, model, variant, total, out_dir)
+        cfg = compose_cfg(config_dir, model, variant, total, out_dir, overrides)
         clock = BatchClock()
         if variant == "raw":
-            return _time_raw_loop(cfg, warmup, steps)
+            stamps = _run_raw_loop(cfg, total)
+            return [b - a for a, b in zip(stamps[warmup:-1], stamps[warmup + 1 :])]
         if variant == "lightning":
             pl.seed_everything(cfg.seed, verbose=False)
             datamodule = build(cfg.data, "data")
             module = PlainModule(build(cfg.model, "model"), lr=cfg.task.optimizer.lr)
             trainer = pl.Trainer(
-                accelerator=cfg.trainer.accelerator, devices=1, max_steps=total, limit_val_batches=0,
-                enable_checkpointing=False, enable_model_summary=False, callbacks=[clock],
+                accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision, max_steps=total,
+                limit_val_batches=0, enable_checkpointing=False, enable_model_summary=False, callbacks=[clock],
                 logger=TensorBoardLogger(out_dir, name="lightning"),
             )
         else:
@@ -127,37 +142,46 @@ def time_variant(config_dir: Path, model: str, variant: str, warmup: int, steps:
             trainer.callbacks.insert(0, clock)
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
             trainer.fit(module, datamodule=datamodule)  # the progress bar still renders, unseen
-        return (clock.stamps[warmup + steps] - clock.stamps[warmup]) / steps
+        return [b - a for a, b in zip(clock.stamps[warmup:total - 1], clock.stamps[warmup + 1 : total])]
 
 
-def _time_raw_loop(cfg: DictConfig, warmup: int, steps: int) -> float:
+def _run_raw_loop(cfg: DictConfig, total: int) -> list[float]:
+    """The hand-written loop: batch start stamps of ``total`` steps, on the config's device and precision."""
     pl.seed_everything(cfg.seed, verbose=False)
+    device = torch.device("cuda" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu")
+    autocast_dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(str(cfg.trainer.precision))
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
     datamodule = build(cfg.data, "data")
     datamodule.setup("fit")
-    model = build(cfg.model, "model")
+    model = build(cfg.model, "model").to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.task.optimizer.lr)
     model.train()
     stamps: list[float] = []
-    while len(stamps) <= warmup + steps:
+    while len(stamps) < total:
         for x, y in datamodule.train_dataloader():
-            stamps.append(time.perf_counter())
-            if len(stamps) > warmup + steps:
+            stamp(stamps)
+            if len(stamps) == total:
                 break
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    return (stamps[warmup + steps] - stamps[warmup]) / steps
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+    return stamps
 
 
-def peak_memory_mb(config_dir: Path, model: str, variant: str, warmup: int, steps: int) -> float:
-    """Peak resident memory a training run adds, measured in a fresh process (peaks only grow)."""
+def peak_memory_mb(config_dir: Path, model: str, variant: str, warmup: int, steps: int, overrides: tuple[str, ...]) -> float:
+    """Peak memory a training run adds, in a fresh process (peaks only grow): GPU memory on CUDA, else resident."""
     code = (
-        "import resource, sys; from pathlib import Path; from hooktrain.bench import time_variant, rss_mb;"
-        "base = rss_mb(); time_variant(Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]));"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)"
+        "import resource, sys, torch; from pathlib import Path; from hooktrain.bench import time_variant, rss_mb;"
+        "base = rss_mb(); time_variant(Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), tuple(sys.argv[6:]));"
+        "print(torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_initialized() else "
+        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code, str(config_dir), model, variant, str(warmup), str(steps)],
+        [sys.executable, "-c", code, str(config_dir), model, variant, str(warmup), str(steps), *overrides],
         capture_output=True, text=True, check=True,
     )
     return float(result.stdout.strip().splitlines()[-1])
@@ -177,40 +201,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="also measure peak memory (one process per variant)")
     parser.add_argument("--config-dir", type=Path, default=Path("conf"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every variant, e.g. trainer=gpu trainer.precision=32-true")
     args = parser.parse_args(argv)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # keep the report readable
         logging.getLogger(name).setLevel(logging.WARNING)
+    overrides = tuple(args.overrides)
 
     names = plugin_names(args.config_dir)
     variants = ["raw", "lightning", "hooktrain", *[f"hooktrain+{name}" for name in names], "hooktrain+logging", "hooktrain+all", "hooktrain+idle"]
-    times: dict[tuple[str, str], list[float]] = {(m, v): [] for m in args.models for v in variants}
+    times: dict[tuple[str, str], list[list[float]]] = {(m, v): [] for m in args.models for v in variants}
     for repeat in range(args.repeats):
         order = variants[repeat % len(variants):] + variants[: repeat % len(variants)]
         for model in args.models:
             for variant in order:
                 gc.collect()
-                times[(model, variant)].append(time_variant(args.config_dir, model, variant, args.warmup, args.steps))
+                times[(model, variant)].append(time_variant(args.config_dir, model, variant, args.warmup, args.steps, overrides))
         print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
 
+    step_time = {key: robust_step_time(runs) for key, runs in times.items()}
     rows = []
     for model in args.models:
         for variant in variants:
-            median = statistics.median(times[(model, variant)])
+            seconds = step_time[(model, variant)]
             rows.append({
-                "model": model, "variant": variant, "median_step_ms": 1000 * median, "samples_per_s": 64 / median,
-                # ratios within each repeat, then their median: drift between repeats cancels
-                "vs_raw": paired_ratio(times[(model, "raw")], times[(model, variant)]),
-                "vs_hooktrain": paired_ratio(times[(model, variant)], times[(model, "hooktrain")]),
-                "runs_ms": [round(1000 * t, 3) for t in times[(model, variant)]],
+                "model": model, "variant": variant, "step_ms": 1000 * seconds, "samples_per_s": 64 / seconds,
+                "median_step_ms": 1000 * statistics.median(t for run in times[(model, variant)] for t in run),
+                "vs_raw": step_time[(model, "raw")] / seconds,
+                "vs_hooktrain": seconds / step_time[(model, "hooktrain")],
+                "run_means_ms": [round(1000 * statistics.fmean(run), 3) for run in times[(model, variant)]],
             })
     if args.memory:
         for row in rows:
             if row["variant"] in ("hooktrain", "hooktrain+logging", "hooktrain+all"):
-                row["peak_mb"] = peak_memory_mb(args.config_dir, row["model"], row["variant"], args.warmup, args.steps)
+                row["peak_mb"] = peak_memory_mb(args.config_dir, row["model"], row["variant"], args.warmup, args.steps, overrides)
 
     goals = check_goals(rows, args.models)
+    device = torch.cuda.get_device_name() if torch.cuda.is_initialized() else f"{platform.machine()}, {os.cpu_count()} cores"
     report = {
-        "date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "date": date.today().isoformat(), "machine": f"{device}, torch {torch.__version__}", "overrides": list(overrides),
         "threads": torch.get_num_threads(), "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
         "rows": rows, "goals": goals,
     }
@@ -221,9 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown)
 
 
-def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
-    """The median over repeats of ``numerator / denominator`` measured in the same repeat."""
-    return statistics.median(n / d for n, d in zip(numerators, denominators))
+def robust_step_time(runs: list[list[float]]) -> float:
+    """Mean over step positions of the median over repeats: random stalls drop out, periodic work stays."""
+    return statistics.fmean(statistics.median(position) for position in zip(*runs))
 
 
 def check_goals(rows: list[dict], models: list[str]) -> list[dict]:
@@ -248,17 +276,18 @@ def check_goals(rows: list[dict], models: list[str]) -> list[dict]:
 def to_markdown(report: dict) -> str:
     lines = [
         f"Benchmark of {report['date']} on {report['machine']}, {report['threads']} threads; batch 64, "
-        f"median of {report['repeats']} interleaved runs of {report['steps']} steps after {report['warmup']} warm-up steps.",
+        f"{report['repeats']} interleaved runs of {report['steps']} steps after {report['warmup']} warm-up steps"
+        + (f"; overrides: `{' '.join(report['overrides'])}`." if report["overrides"] else "."),
         "",
-        "Ratios are taken within each repeat, then the median over repeats.",
+        "Step time: per step position the median over runs, then the mean over positions (logging steps keep their share).",
         "",
-        "| model | variant | median step (ms) | samples/s | throughput vs raw loop | step time vs hooktrain | peak memory added (MB) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| model | variant | step (ms) | median step (ms) | samples/s | throughput vs raw loop | step time vs hooktrain | peak memory (MB) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in report["rows"]:
         peak = f"{row['peak_mb']:.1f}" if "peak_mb" in row else ""
         lines.append(
-            f"| {row['model']} | {row['variant']} | {row['median_step_ms']:.3f} | {row['samples_per_s']:.0f} | "
+            f"| {row['model']} | {row['variant']} | {row['step_ms']:.3f} | {row['median_step_ms']:.3f} | {row['samples_per_s']:.0f} | "
             f"{row['vs_raw']:.3f}x | {row['vs_hooktrain']:.3f} | {peak} |"
         )
     lines += ["", "| model | goal | measured | bound | holds |", "| --- | --- | ---: | --- | --- |"]

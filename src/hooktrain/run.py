@@ -53,7 +53,9 @@ def build_run(cfg: DictConfig) -> Run:
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar it was told not to show
         callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
     logger = build(cfg.logger, "logger")
-    trainer = build(cfg.trainer, "trainer", callbacks=[*callbacks, PluginRunner(plugins)], logger=logger)
+    if plugins:  # without plugins, no runner: Lightning would still call it on every step
+        callbacks.append(PluginRunner(plugins))
+    trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
     return Run(trainer, task, datamodule)
 
 
