@@ -13,8 +13,8 @@ PLACES = ("output", "parameters")
 class GradClip(HookPlugin):
     """Clips the gradient at each selected layer's output (or of its parameters) by norm or by value.
 
-    ``at: output`` (a full backward pre hook) clips ``grad_output``, the gradient arriving at the
-    layer's output, before the layer back-propagates it: the layer's parameter gradients and every
+    ``at: output`` (an ``output_grad`` hook) clips the gradient arriving at the layer's output,
+    before the layer back-propagates it: the layer's parameter gradients and every
     earlier layer see the clipped gradient. This is what Lightning's ``gradient_clip_val`` cannot
     do: Lightning clips the parameter gradients of the whole model after backward, with one norm.
     ``at: parameters`` clips each selected layer's parameter gradients after backward, per layer
@@ -46,17 +46,14 @@ class GradClip(HookPlugin):
         self.mode, self.at = mode, at
 
     def hook_kinds(self) -> list[str]:
-        return ["backward_pre"] if self.at == "output" else []
+        return ["output_grad"] if self.at == "output" else []
 
     def setup(self, state: nn.Module, modules: dict[str, nn.Module]) -> None:
         state.register_buffer("clipped_steps", torch.zeros(len(modules), dtype=torch.long))
         state.register_buffer("max_pre_clip_norm", torch.zeros(len(modules)))
 
-    def backward_pre(self, ctx: HookContext, module: nn.Module, grad_output: tuple) -> tuple | None:
-        grad = grad_output[0]
-        if grad is None:
-            return None
-        return (self._clip(ctx, grad), *grad_output[1:])
+    def output_grad(self, ctx: HookContext, module: nn.Module, grad: Tensor) -> Tensor:
+        return self._clip(ctx, grad)
 
     def before_optimizer_step(self, ctx: HookContext, module: nn.Module) -> None:
         if self.at != "parameters":

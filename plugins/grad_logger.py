@@ -11,8 +11,8 @@ from hooktrain.stats import ema_update_
 class GradLogger(HookPlugin):
     """Logs per-layer gradient norms (at the output and of the parameters) with their EMA, and gradient histograms.
 
-    Hooks: a full backward hook reads ``grad_output[0]``, the gradient of the loss at the module's
-    output (``grad_input`` is ``None`` for the first layer, whose input needs no gradient). Parameter
+    Hooks: an ``output_grad`` hook reads the gradient of the loss at the module's output (what a
+    full backward hook sees as ``grad_output[0]``, without its cost). Parameter
     gradient norms are read when the step's gradients are final. Gradients are unscaled first under
     mixed precision.
 
@@ -37,10 +37,7 @@ class GradLogger(HookPlugin):
         state.register_buffer("ema_param_grad_norm", torch.full((len(modules),), float("nan")))
         state.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
-    def backward(self, ctx: HookContext, module: nn.Module, grad_input: tuple, grad_output: tuple) -> None:
-        grad = grad_output[0]
-        if grad is None:
-            return
+    def output_grad(self, ctx: HookContext, module: nn.Module, grad: Tensor) -> None:
         grad = ctx.unscale(grad)
         ctx.record("grad_norm", torch.linalg.vector_norm(grad))
         if self.histograms:

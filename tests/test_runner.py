@@ -93,7 +93,7 @@ def test_only_overridden_hook_kinds_are_registered():
     assert hook_count(model) == 0
 
 
-@pytest.mark.parametrize("kind", ["forward", "backward"])
+@pytest.mark.parametrize("kind", ["forward", "backward", "output_grad"])
 def test_an_exception_in_a_hook_names_plugin_kind_and_module_and_leaves_no_hook(kind):
     class Broken(HookPlugin):
         def forward(self, ctx, module, args, output):
@@ -104,10 +104,69 @@ def test_an_exception_in_a_hook_names_plugin_kind_and_module_and_leaves_no_hook(
             if kind == "backward":
                 raise ValueError("boom")
 
+        def output_grad(self, ctx, module, grad):
+            if kind == "output_grad":
+                raise ValueError("boom")
+
     model = MLP(in_features=16, hidden_sizes=[8], num_classes=3)
     with pytest.raises(PluginHookError, match=rf"plugin 'broken' failed in its {kind} hook on module 'fc1': ValueError: boom"):
         fit([Broken(name="broken", targets=["fc1"])], model=model)
     assert hook_count(model) == 0
+
+
+class GradTaker(HookPlugin):
+    """Keeps the gradient each hook kind sees at each module (test only), optionally replacing it by ``factor`` times it."""
+
+    def __init__(self, factor=None, **kwargs):
+        super().__init__(**kwargs)
+        self.factor, self.seen = factor, {}
+
+    def backward(self, ctx, module, grad_input, grad_output):
+        self.seen[("backward", ctx.module_name)] = grad_output[0].clone()
+
+    def output_grad(self, ctx, module, grad):
+        self.seen[("output_grad", ctx.module_name)] = grad.clone()
+        return None if self.factor is None else grad * self.factor
+
+
+def backward_with(plugin, model, x):
+    runner = PluginRunner([plugin])
+    runner.setup(None, ClassifierTask(model, optimizer=partial(torch.optim.SGD, lr=0.1)), "fit")
+    runner.attach(plugin)
+    model(x).logsumexp(dim=1).sum().backward()
+    runner.detach_all()
+    return hook_count(model)
+
+
+def test_output_grad_sees_what_a_full_backward_hook_sees_and_its_return_replaces_it():
+    torch.manual_seed(0)
+    model, x = MLP(in_features=16, hidden_sizes=[8], num_classes=3), torch.randn(5, 1, 4, 4)
+    plugin = GradTaker(name="g", targets=["fc1", "head"])
+    assert backward_with(plugin, model, x) == 0
+    for name in ("fc1", "head"):
+        assert torch.equal(plugin.seen[("output_grad", name)], plugin.seen[("backward", name)])
+
+    expected = [param.grad.clone() for param in model.parameters()]
+    model.zero_grad()
+    backward_with(GradTaker(factor=0.5, name="halve", targets=["head"]), model, x)
+    for param, full in zip(model.parameters(), expected):  # every parameter lies at or before the head
+        torch.testing.assert_close(param.grad, full * 0.5)
+
+
+def test_output_grad_works_where_an_inplace_op_follows_the_module():
+    class OutputGradOnly(GradTaker):
+        backward = HookPlugin.backward  # a full backward hook on fc1 would fail before ReLU(inplace=True)
+
+    torch.manual_seed(0)
+    model, x = MLP(in_features=16, hidden_sizes=[8], num_classes=3), torch.randn(5, 1, 4, 4)
+    inplace = copy.deepcopy(model)
+    inplace.act1 = nn.ReLU(inplace=True)
+    seen = []
+    for net in (model, inplace):
+        plugin = OutputGradOnly(name="g", targets=["fc1"])
+        backward_with(plugin, net, x)
+        seen.append(plugin.seen[("output_grad", "fc1")])
+    assert torch.equal(seen[0], seen[1])
 
 
 def test_plugin_state_is_buffers_in_the_lightning_state_dict_not_in_the_model():
@@ -125,6 +184,11 @@ def test_plugin_state_is_buffers_in_the_lightning_state_dict_not_in_the_model():
     task, _ = fit([Counter(name="counter", every_n_steps=2)], steps=5)
     assert torch.equal(task.state_dict()["plugin_state.counter.calls"], torch.full((2,), 3.0))  # steps 0, 2, 4
     assert all(not key.startswith("plugin_state") for key in task.model.state_dict())
+
+
+def test_a_name_taken_by_nn_module_is_refused():
+    with pytest.raises(HooktrainError, match=r"plugin name 'half' is an attribute of torch.nn.Module"):
+        PluginRunner([StepRecorder(name="half")])
 
 
 def test_distinct_names_are_required():

@@ -216,6 +216,6 @@ def test_an_inplace_op_after_a_full_backward_hook_is_explained(make_cfg, monkeyp
         return built
 
     monkeypatch.setattr(run_module, "build", build_with_inplace_relu)
-    cfg = make_cfg("model=mlp", "plugins=[grad_logger]", "plugins.grad_logger.every_n_steps=1", "plugins.grad_logger.targets=[fc1]")
+    cfg = make_cfg("model=mlp", "plugins=[module_timer]", "plugins.module_timer.every_n_steps=1", "plugins.module_timer.targets=[fc1]")
     with pytest.raises(HooktrainError, match=r"a module's output is modified in place .* nn.ReLU\(inplace=True\)"):
         train(cfg)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from hooktrain.errors import HooktrainError, check_positive_int
 from hooktrain.stats import StepStats
 
-HOOK_KINDS = ("forward_pre", "forward", "backward_pre", "backward")
+HOOK_KINDS = ("forward_pre", "forward", "backward_pre", "backward", "output_grad")
 
 
 @dataclass
@@ -161,6 +161,15 @@ class HookPlugin:
 
     def backward(self, ctx: HookContext, module: nn.Module, grad_input: tuple, grad_output: tuple) -> Any:
         """Called once the gradients of the module's inputs are computed; a non-None return replaces ``grad_input``."""
+
+    def output_grad(self, ctx: HookContext, module: nn.Module, grad: Tensor) -> Tensor | None:
+        """Called with the gradient of the loss at the module's output; a non-None return replaces it.
+
+        A tensor hook that a forward hook puts on the output (modules whose output is a Tensor):
+        it sees what ``backward``'s ``grad_output[0]`` sees at a fraction of the cost, since a full
+        backward hook wraps the module's inputs and outputs in autograd functions at every forward,
+        and in-place ops after the module do not break it.
+        """
 
     def before_optimizer_step(self, ctx: HookContext, module: nn.Module) -> None:
         """Called on active steps for each selected module, when parameter gradients are final and unscaled."""

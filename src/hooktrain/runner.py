@@ -3,6 +3,7 @@
 import logging
 import time
 import warnings
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -25,11 +26,27 @@ log = logging.getLogger(__name__)
 # PyTorch warns once. Expected: plugins read grad_output for "the gradient at this layer".
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to module outputs")
 
+class _OutputGradHook:
+    """A forward hook that puts the plugin's ``output_grad`` hook on the module's output tensor."""
+
+    def __init__(self, hook: "_Hook") -> None:
+        self.hook = hook
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if isinstance(output, Tensor) and output.requires_grad:
+            output.register_hook(partial(self.hook, module))
+
+
+def _register_output_grad_hook(module: nn.Module, hook: "_Hook") -> RemovableHandle:
+    return module.register_forward_hook(_OutputGradHook(hook))
+
+
 _REGISTER = {
     "forward_pre": nn.Module.register_forward_pre_hook,
     "forward": nn.Module.register_forward_hook,
     "backward_pre": nn.Module.register_full_backward_pre_hook,
     "backward": nn.Module.register_full_backward_hook,
+    "output_grad": _register_output_grad_hook,
 }
 _STEP_METHODS = ("before_optimizer_step", "after_optimizer_step")
 
@@ -81,6 +98,9 @@ class PluginRunner(Callback):
         names = [plugin.name for plugin in plugins]
         if len(set(names)) != len(names):
             raise HooktrainError(f"plugin names must be distinct, got {names}")
+        for name in names:  # plugin state lives in an nn.ModuleDict, under the plugin's name
+            if hasattr(nn.ModuleDict, name):
+                raise HooktrainError(f"plugin name {name!r} is an attribute of torch.nn.Module; rename the plugin's file and config")
         self.plugins = plugins
         self.info = StepInfo()
         self._stats: dict[str, StepStats] = {}
