@@ -18,6 +18,8 @@ class NanGuard(HookPlugin):
     later step once it has landed, so healthy steps never wait for the GPU. The first non-finite
     output in forward order is named; if all outputs were finite, the first non-finite gradient in
     backward order (where the bad gradient entered). Logged: ``output_absmax`` and ``grad_absmax``.
+    Under fp16 mixed precision only outputs are checked: there a GradScaler makes early steps
+    overflow on purpose, then skips them and lowers its scale.
 
     Buffers: ``checked_steps``, the steps checked so far.
 
@@ -43,6 +45,8 @@ class NanGuard(HookPlugin):
             ctx.record("output_absmax", torch.linalg.vector_norm(output.detach(), float("inf")))
 
     def output_grad(self, ctx: HookContext, module: nn.Module, grad: Tensor) -> None:
+        if self.info.scaler is not None and self.info.scaler.is_enabled():
+            return  # fp16: overflowing scaled gradients are the GradScaler's business (it skips the step)
         if grad.numel():
             self._order["gradient"].append(ctx.index)
             ctx.record("grad_absmax", torch.linalg.vector_norm(grad, float("inf")))

@@ -71,18 +71,30 @@ def test_nan_guard_names_the_first_module_in_forward_order():
     assert sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules()) == 0
 
 
-def test_nan_guard_names_where_a_bad_gradient_entered():
+def infinite_gradient_step(scaler=None):
+    """One backward with finite outputs and an infinite gradient from the loss, then nan_guard's check."""
     guard = NanGuard(name="nan_guard")
     model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)
     runner = PluginRunner([guard])
     task = ClassifierTask(model, optimizer=partial(torch.optim.SGD, lr=0.1))
     runner.setup(None, task, "fit")
+    runner.info.scaler = scaler
     runner.attach(guard)
-    out = model(torch.randn(2, 4))
-    (out * float("inf")).sum().backward()  # finite outputs, infinite gradient from the loss
-    with pytest.raises(NonFiniteError, match=r"the gradient at the output of module 'head'"):
+    try:
+        (model(torch.randn(2, 4)) * float("inf")).sum().backward()
         guard.update(task.plugin_state.nan_guard, runner._stats["nan_guard"].means())
-    runner.detach_all()
+    finally:
+        runner.detach_all()
+
+
+def test_nan_guard_names_where_a_bad_gradient_entered():
+    with pytest.raises(NonFiniteError, match=r"the gradient at the output of module 'head'"):
+        infinite_gradient_step()
+
+
+def test_nan_guard_leaves_overflowing_fp16_gradients_to_the_grad_scaler():
+    # Under 16-mixed the first steps overflow by design: the GradScaler skips them and lowers its scale.
+    infinite_gradient_step(scaler=torch.amp.GradScaler("cpu"))  # no error
 
 
 def test_nan_guard_is_silent_on_healthy_steps():

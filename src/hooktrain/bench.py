@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=["lenet", "mlp"])
     parser.add_argument("--steps", type=int, default=150, help="timed optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps first")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="also measure peak memory (one process per variant)")
     parser.add_argument("--config-dir", type=Path, default=Path("conf"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # PyTorch warns once. Expected: plugins read grad_output for "the gradient at this layer".
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to module outputs")
 
+
 class _OutputGradHook:
     """A forward hook that puts the plugin's ``output_grad`` hook on the module's output tensor."""
 
