@@ -45,7 +45,7 @@ class NanGuard(HookPlugin):
             ctx.record("output_absmax", torch.linalg.vector_norm(output.detach(), float("inf")))
 
     def output_grad(self, ctx: HookContext, module: nn.Module, grad: Tensor) -> None:
-        if self.info.scaler is not None and self.info.scaler.is_enabled():
+        if self.info.active_scaler is not None:
             return  # fp16: overflowing scaled gradients are the GradScaler's business (it skips the step)
         if grad.numel():
             self._order["gradient"].append(ctx.index)

@@ -85,11 +85,11 @@ class SyncDebugOff(Callback):
 def test_idle_steps_of_the_main_job_on_cuda_make_no_synchronizing_call(make_cfg, precision):
     """The real config with every plugin: steps 1-3, 5-7, ... (all plugins idle but nan_guard and grad_clip,
     which act on every step by default) run under ``set_sync_debug_mode("error")``."""
-    every = 4
-    cadence = [f"++plugins.{name}.{key}={every}" for name in plugin_names(ROOT / "conf") for key in ("every_n_steps", "log_every_n_steps")]
+    every, names = 4, plugin_names(ROOT / "conf")
+    cadence = [f"++plugins.{name}.{key}={every}" for name in names for key in ("every_n_steps", "log_every_n_steps")]
     cfg = make_cfg(
         "trainer=gpu", f"trainer.precision={precision}", f"trainer.log_every_n_steps={every}", "trainer.limit_train_batches=13",
-        f"plugins=[{','.join(plugin_names(ROOT / 'conf'))}]", *cadence,
+        f"plugins=[{','.join(names)}]", *cadence,
         "++plugins.nan_guard.every_n_steps=1", "++plugins.grad_clip.every_n_steps=1",
     )
     run = build_run(cfg)

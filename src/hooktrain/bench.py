@@ -123,26 +123,32 @@ def time_variant(
     total = warmup + steps + 1
     with tempfile.TemporaryDirectory() as out_dir:
         cfg = compose_cfg(config_dir, model, variant, total, out_dir, overrides)
-        clock = BatchClock()
         if variant == "raw":
             stamps = _run_raw_loop(cfg, total)
-            return [b - a for a, b in zip(stamps[warmup:-1], stamps[warmup + 1 :])]
-        if variant == "lightning":
-            pl.seed_everything(cfg.seed, verbose=False)
-            datamodule = build(cfg.data, "data")
-            module = PlainModule(build(cfg.model, "model"), lr=cfg.task.optimizer.lr)
-            trainer = pl.Trainer(
-                accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision, max_steps=total,
-                limit_val_batches=0, enable_checkpointing=False, enable_model_summary=False, callbacks=[clock],
-                logger=TensorBoardLogger(out_dir, name="lightning"),
-            )
         else:
-            run = build_run(cfg)
-            trainer, module, datamodule = run.trainer, run.task, run.datamodule
-            trainer.callbacks.insert(0, clock)
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
-            trainer.fit(module, datamodule=datamodule)  # the progress bar still renders, unseen
-        return [b - a for a, b in zip(clock.stamps[warmup:total - 1], clock.stamps[warmup + 1 : total])]
+            stamps = _run_trainer(cfg, variant, total, out_dir)
+    return [b - a for a, b in zip(stamps[warmup:-1], stamps[warmup + 1 :])]
+
+
+def _run_trainer(cfg: DictConfig, variant: str, total: int, out_dir: str) -> list[float]:
+    """Plain Lightning or hooktrain: batch start stamps of ``total`` steps."""
+    clock = BatchClock()
+    if variant == "lightning":
+        pl.seed_everything(cfg.seed, verbose=False)
+        datamodule = build(cfg.data, "data")
+        module = PlainModule(build(cfg.model, "model"), lr=cfg.task.optimizer.lr)
+        trainer = pl.Trainer(
+            accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision, max_steps=total,
+            limit_val_batches=0, enable_checkpointing=False, enable_model_summary=False, callbacks=[clock],
+            logger=TensorBoardLogger(out_dir, name="lightning"),
+        )
+    else:
+        run = build_run(cfg)
+        trainer, module, datamodule = run.trainer, run.task, run.datamodule
+        trainer.callbacks.insert(0, clock)
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
+        trainer.fit(module, datamodule=datamodule)  # the progress bar still renders, unseen
+    return clock.stamps
 
 
 def _run_raw_loop(cfg: DictConfig, total: int) -> list[float]:

@@ -35,6 +35,11 @@ class StepInfo:
     scaler: Any = None  # the GradScaler of a mixed-precision run, else None
     seconds: dict[str, float] = field(default_factory=dict)  # host time spent in each plugin's code this step
 
+    @property
+    def active_scaler(self) -> Any:
+        """The GradScaler if one is enabled (hooks then see gradients multiplied by its scale), else None."""
+        return self.scaler if self.scaler is not None and self.scaler.is_enabled() else None
+
     def charge(self, plugin_name: str, since: float) -> None:
         """Adds the host time from ``since`` (a ``time.perf_counter()`` reading) to the plugin's account."""
         self.seconds[plugin_name] = self.seconds.get(plugin_name, 0.0) + time.perf_counter() - since
@@ -83,8 +88,7 @@ class HookContext:
         return grad if scale is None else grad * scale
 
     def _grad_scale(self) -> Tensor | None:
-        scaler = self.info.scaler
-        return getattr(scaler, "_scale", None) if scaler is not None and scaler.is_enabled() else None
+        return getattr(self.info.active_scaler, "_scale", None)
 
 
 class HookPlugin:
