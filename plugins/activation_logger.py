@@ -88,7 +88,6 @@ class ActivationLogger(HookPlugin):
                 raise HooktrainError(f"`{self.field('range')}` must be [low, high] with low < high, or null, got {list(range)}")
             range = (low, high)
         self.range = range
-        self._state: nn.Module | None = None
         self.bins = check_positive_int(self.field("bins"), bins)
         self.image_width = check_positive_int(self.field("image_width"), image_width)
         self.histograms = bool(histograms)
@@ -98,7 +97,6 @@ class ActivationLogger(HookPlugin):
             state.register_buffer(f"ema_{stat}", torch.full((len(modules),), float("nan")))
         state.register_buffer("history", torch.zeros(len(modules), self.bins, self.image_width))
         state.register_buffer("picture_range", torch.full((len(modules), 2), float("nan")))
-        self._state = state
 
     def forward(self, ctx: HookContext, module: nn.Module, args: tuple, output: Tensor) -> None:
         if not isinstance(output, Tensor) or output.numel() == 0:
@@ -130,7 +128,7 @@ class ActivationLogger(HookPlugin):
         x = output.detach().float()
         low, high = x.amin(), x.amax()
         margin = 2 * (high - low).clamp_min(1e-6)  # room for activations that grow while training
-        saved = self._state.picture_range[ctx.index]
+        saved = ctx.state.picture_range[ctx.index]
         bounds = torch.where(torch.isnan(saved), torch.stack([low - margin, high + margin]), saved)
         ctx.record("picture_range", bounds)
         return bounds[0], bounds[1]

@@ -32,7 +32,7 @@ class Pruning(HookPlugin):
     validation and test alike), so a checkpoint holds both and a resumed run continues the schedule.
     On active steps the target sparsity follows the cubic schedule of Zhu & Gupta (2017) from
     ``start`` to ``end`` and the masks are recomputed in place from the masked weights, so a pruned
-    weight stays pruned. The exported ``model.pt`` has pruning made permanent (``prune.remove``):
+    weight stays pruned. The exported ``model.pt`` has pruning made permanent (``export``):
     plain ``weight`` tensors with zeros, no ``_orig``/``_mask`` keys.
 
     Methods: ``l1_unstructured`` (smallest \\|w\\| per layer, ``prune.L1Unstructured``),
@@ -55,6 +55,8 @@ class Pruning(HookPlugin):
     """
 
     changes_training = True
+    changes_forward = True  # through torch's own pruning hook, in every phase; export bakes it into the weights
+    acts_when_idle = True  # torch's hook applies the masks at every forward
 
     def __init__(
         self,
@@ -97,6 +99,15 @@ class Pruning(HookPlugin):
         sparsity = torch.stack([1 - mask.float().mean() for mask in masks])
         overall = 1 - sum(mask.sum() for mask in masks) / sum(mask.numel() for mask in masks)
         return {"sparsity": sparsity, "overall_sparsity": overall, "target_sparsity": state.target_sparsity}
+
+    def export(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Pruning made permanent, on the state dict alone (the trained model keeps its masks, a resumed run its
+        schedule): ``<layer>.weight`` = ``weight_orig * weight_mask``, no ``_orig``/``_mask`` keys."""
+        state = dict(state_dict)
+        for name in self._modules:
+            key = f"{name}.{self.parameter}"
+            state[key] = state.pop(f"{key}_orig") * state.pop(f"{key}_mask")
+        return state
 
     def _new_masks(self, target: float) -> list[Tensor]:
         weights = [self._masked_weight(module) for module in self._modules.values()]

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from plugins.activation_logger import COLORS, ActivationLogger, activation_stats, fixed_histogram
-from test_runner import fit
+from test_session import fit
 
 
 def test_statistics_match_a_hand_computation():

@@ -1,28 +1,22 @@
 """Real multi-process DDP on the CPU (gloo), launched by Lightning from the command line."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
-from hooktrain import PluginRunner
-
-from conftest import run_cli
-from test_train import ALL_PLUGINS
+from conftest import every_plugin, run_cli
 
 
-def every_plugin(run_dir) -> list[str]:
+def cli_with_every_plugin(run_dir) -> list[str]:
     return [
         "train.py", "model=mlp", "trainer.max_epochs=1", "trainer.limit_train_batches=6", "trainer.enable_progress_bar=false",
-        f"plugins=[{','.join(ALL_PLUGINS)}]", *[f"plugins.{name}.every_n_steps=1" for name in ALL_PLUGINS],
-        "plugins.grad_clip.log_every_n_steps=1", "plugins.pruning.log_every_n_steps=1", "plugins.nan_guard.log_every_n_steps=1",
+        *every_plugin(log_every_n_steps=1),
         "plugins.pruning.start=0", "plugins.pruning.end=4", "plugins.pruning.amount=0.5", f"hydra.run.dir={run_dir}",
     ]
 
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_with_every_plugin(tmp_path):
-    result = run_cli(*every_plugin(tmp_path / "ddp"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    result = run_cli(*cli_with_every_plugin(tmp_path / "ddp"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "ddp"
     assert sorted(path.name for path in run_dir.iterdir() if path.is_dir()) == [".hydra", "checkpoints", "tensorboard"]
@@ -35,7 +29,7 @@ def test_ddp_on_two_cpu_processes_with_every_plugin(tmp_path):
     assert state["plugin_state.grad_logger.updates"].item() == 6
     assert state["plugin_state.pruning.target_sparsity"].item() == pytest.approx(0.5)
 
-    assert run_cli(*every_plugin(tmp_path / "single")).returncode == 0
+    assert run_cli(*cli_with_every_plugin(tmp_path / "single")).returncode == 0
     single = torch.load(tmp_path / "single" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ddp.keys() == single.keys()  # the same checkpoint a single process writes
     assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in single["state_dict"].items()}
@@ -56,28 +50,36 @@ def test_torchrun_launches_the_same_config(tmp_path):
     assert state["plugin_state.grad_logger.updates"].item() == 4
 
 
-def _reduce_on_rank(rank: int, port: int, results) -> None:
+def _combine_on_rank(rank: int, port: int, results) -> None:
     import torch.distributed as dist
-    from lightning.pytorch.strategies import DDPStrategy
+
+    from hooktrain.session import _default_all_reduce
+    from hooktrain.stats import StepStats
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu"), reduce=DDPStrategy().reduce))
-        recorded = {
-            "a": {"norm": torch.tensor([1.0, 2.0]) * (rank + 1), "hist": torch.full((2, 3), float(rank))},
-            "b": {"time_ms": torch.tensor([10.0 * rank])},
-        }
-        PluginRunner._reduce(trainer, recorded)  # Lightning's own DDP reduce over a real gloo group
-        results[rank] = {name: {stat: value.tolist() for stat, value in stats.items()} for name, stats in recorded.items()}
+        stats = StepStats(num_modules=2)
+        for call in range(rank + 1):  # rank 0 calls module 0 once, rank 1 twice: a mean of calls, not of ranks
+            stats.add("norm", 0, torch.tensor(float(rank * 10 + call)))
+        stats.add("count", 0, torch.tensor(rank + 1.0), reduce="sum")
+        stats.add("peak", 1, torch.tensor([1.0, 5.0]) * (rank + 1), reduce="max")
+        stats.add("low", 1, torch.tensor(-3.0 * rank), reduce="min")
+        combined = stats.combined(_default_all_reduce())  # torch.distributed over a real gloo group
+        results[rank] = {stat: [None if v != v else v for v in value.flatten().tolist()] for stat, value in combined.items()}  # NaN: None
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_statistics_are_averaged_over_ranks_with_one_all_reduce():
+def test_statistics_combine_over_ranks_by_their_reduction():
     import torch.multiprocessing as mp
 
     results = mp.Manager().dict()
-    mp.spawn(_reduce_on_rank, args=(29544, results), nprocs=2)
-    expected = {"a": {"norm": [1.5, 3.0], "hist": [[0.5] * 3] * 2}, "b": {"time_ms": [5.0]}}
-    assert results[0] == results[1] == expected
+    mp.spawn(_combine_on_rank, args=(29544, results), nprocs=2)
+    assert results[0] == results[1]
+    assert results[0] == {
+        "norm": [pytest.approx((0 + 10 + 11) / 3), None],  # module 1 recorded nothing: NaN
+        "count": [3.0, None],
+        "peak": [None, None, 2.0, 10.0],
+        "low": [None, -3.0],
+    }

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from test_runner import fit
+from test_session import fit
 
 PAGE = (Path(__file__).resolve().parents[1] / "docs" / "writing-plugins.md").read_text()
 

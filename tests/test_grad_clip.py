@@ -1,25 +1,21 @@
 """grad_clip against hand computations on a tiny model."""
 
-from functools import partial
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from hooktrain import HooktrainError, PluginRunner
+from hooktrain import HookSession, HooktrainError
 from hooktrain.models import MLP
-from hooktrain.task import ClassifierTask
 from plugins.grad_clip import GradClip
 
 
 def attached(plugin):
+    """A session on a tiny MLP, inside step 0 (the plugin's hooks attached)."""
     torch.manual_seed(0)
     model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)
-    runner = PluginRunner([plugin])
-    task = ClassifierTask(model, optimizer=partial(torch.optim.SGD, lr=0.1))
-    runner.setup(None, task, "fit")
-    runner.attach(plugin)
-    return runner, task, model
+    session = HookSession(model, [plugin]).setup()
+    session.start_step(0)
+    return session, model
 
 
 def batch():
@@ -28,7 +24,7 @@ def batch():
 
 
 def test_clip_by_norm_at_the_output_scales_what_flows_back():
-    runner, _, model = attached(GradClip(name="clip", targets=["head"], max_norm=0.05))
+    session, model = attached(GradClip(name="clip", targets=["head"], max_norm=0.05))
     x, y = batch()
     hidden = model.act1(model.fc1(x)).detach()
     logits = hidden @ model.head.weight.T + model.head.bias
@@ -42,15 +38,15 @@ def test_clip_by_norm_at_the_output_scales_what_flows_back():
     F.cross_entropy(model(x), y).backward()
     torch.testing.assert_close(model.head.weight.grad, clipped.T @ hidden)
     torch.testing.assert_close(model.head.bias.grad, clipped.sum(0))
-    stats = runner._stats["clip"].means()
+    stats = session._stats["clip"].combined()
     torch.testing.assert_close(stats["pre_clip_norm"], g.norm().reshape(1))
     torch.testing.assert_close(stats["post_clip_norm"], torch.tensor([0.05]), atol=1e-5, rtol=0)
     assert stats["clipped"].tolist() == [1.0]
-    runner.detach_all()
+    session.close()
 
 
 def test_clip_by_value_at_the_output_clamps_elements():
-    runner, _, model = attached(GradClip(name="clip", targets=["head"], mode="value", clip_value=0.02))
+    session, model = attached(GradClip(name="clip", targets=["head"], mode="value", clip_value=0.02))
     x, y = batch()
     hidden = model.act1(model.fc1(x)).detach()
     logits = hidden @ model.head.weight.T + model.head.bias
@@ -60,26 +56,26 @@ def test_clip_by_value_at_the_output_clamps_elements():
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()
     torch.testing.assert_close(model.head.weight.grad, clipped.T @ hidden)
-    runner.detach_all()
+    session.close()
 
 
 def test_clip_parameters_per_layer_and_count_in_buffers():
     plugin = GradClip(name="clip", targets=["fc1", "head"], max_norm=0.1, at="parameters")
-    runner, task, model = attached(plugin)
+    session, model = attached(plugin)
     assert plugin.hook_kinds() == []  # no autograd hook at all in this mode
     x, y = batch()
     F.cross_entropy(model(x), y).backward()
     before = [torch.cat([p.grad.flatten() for p in layer.parameters()]) for layer in (model.fc1, model.head)]
-    runner.on_before_optimizer_step(None, task, None)
+    session.before_optimizer_step()
     for layer, grad in zip((model.fc1, model.head), before):
         after = torch.cat([p.grad.flatten() for p in layer.parameters()])
         torch.testing.assert_close(after, grad * min(1.0, 0.1 / (grad.norm().item() + 1e-6)))
-    state = task.plugin_state.clip
-    plugin.update(state, runner._stats["clip"].means())
+    state = session.state.clip
+    plugin.update(state, session._stats["clip"].combined())
     expected = [int(grad.norm() > 0.1) for grad in before]
     assert state.clipped_steps.tolist() == expected
     torch.testing.assert_close(state.max_pre_clip_norm, torch.stack([grad.norm() for grad in before]))
-    runner.detach_all()
+    session.close()
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from torch import nn
 
 from hooktrain.models import MLP
 from plugins.grad_logger import GradLogger
-from test_runner import fit
+from test_session import fit
 
 
 class KeepBatches(Callback):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from hooktrain import PluginRunner
+from hooktrain import HookCallback
 from hooktrain.data import SyntheticDataModule
 from hooktrain.models import MLP
 from hooktrain.registry import plugin_names
@@ -20,11 +20,11 @@ from plugins.grad_logger import GradLogger
 
 from conftest import ROOT
 
-HOOKTRAIN_CODE = ("hooktrain/runner.py", "hooktrain/plugin.py", "hooktrain/stats.py", f"{Path('plugins')}/")
+HOOKTRAIN_CODE = ("hooktrain/session.py", "hooktrain/writers.py", "hooktrain/engines/", "hooktrain/plugin.py", "hooktrain/stats.py", f"{Path('plugins')}/")
 
 
 class SyncCounter(Callback):
-    """Counts Tensor.item/tolist/cpu calls made from plugin or runner code, per optimizer step."""
+    """Counts Tensor.item/tolist/cpu calls made from plugin or session code, per optimizer step."""
 
     def __init__(self, monkeypatch):
         self.calls: Counter[tuple[int, str]] = Counter()
@@ -53,7 +53,7 @@ def test_no_host_copy_on_idle_steps_and_one_on_active_steps(monkeypatch, tmp_pat
     trainer = pl.Trainer(
         accelerator="cpu", max_steps=7, logger=pl.loggers.TensorBoardLogger(tmp_path), enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, log_every_n_steps=1000,
-        callbacks=[counter, PluginRunner(plugins)],
+        callbacks=[counter, HookCallback(plugins)],
     )
     trainer.fit(task, datamodule=SyntheticDataModule(num_samples=128, num_classes=3, image_size=4, batch_size=8))
     steps_with_copies = sorted({step for step, _ in counter.calls})

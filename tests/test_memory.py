@@ -4,9 +4,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from hooktrain import PluginRunner
 from hooktrain.run import build_run
-from test_train import ALL_PLUGINS
+from conftest import every_plugin
 
 
 def graph_tensors(obj, seen=None) -> list[str]:
@@ -22,20 +21,18 @@ def graph_tensors(obj, seen=None) -> list[str]:
 
 
 class GraphCheck(Callback):
-    def __init__(self, runner):
-        self.runner, self.found = runner, []
+    def __init__(self, hooks):
+        self.hooks, self.found = hooks, []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.found += graph_tensors({"plugins": self.runner.plugins, "stats": self.runner._stats})
+        self.found += graph_tensors({"plugins": self.hooks.plugins, "stats": self.hooks.session._stats})
 
 
 def test_no_plugin_keeps_a_graph(make_cfg):
-    cadence = [f"plugins.{name}.every_n_steps=1" for name in ALL_PLUGINS]
-    run = build_run(make_cfg("model=lenet", f"plugins=[{','.join(ALL_PLUGINS)}]", *cadence))
-    runner = next(callback for callback in run.trainer.callbacks if isinstance(callback, PluginRunner))
-    check = GraphCheck(runner)
-    run.trainer.callbacks.append(check)  # after the runner: sees what plugins keep between steps
+    run = build_run(make_cfg("model=lenet", *every_plugin()))
+    check = GraphCheck(run.hooks)
+    run.trainer.callbacks.append(check)  # after the session's callback: sees what plugins keep between steps
     run.trainer.fit(run.task, datamodule=run.datamodule)
     assert check.found == []
-    assert graph_tensors({"plugins": runner.plugins, "stats": runner._stats}) == []
+    assert graph_tensors({"plugins": run.hooks.plugins, "stats": run.hooks.session._stats}) == []
     assert all(buffer.grad_fn is None for buffer in run.task.plugin_state.buffers())

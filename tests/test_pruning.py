@@ -8,10 +8,9 @@ import torch
 from torch import nn
 
 from hooktrain import HooktrainError, train
-from hooktrain.export import plain_state_dict
 from hooktrain.models import MLP
 from plugins.pruning import Pruning, cubic_sparsity
-from test_runner import fit
+from test_session import fit
 
 
 def test_cubic_schedule_of_zhu_and_gupta():
@@ -75,7 +74,7 @@ def test_export_makes_pruning_permanent_and_keeps_the_training_masks():
     plugin, state, model = setup_plugin("l1_unstructured", amount=0.5)
     plugin.info.step = 0
     plugin.update(state, {})
-    plain = plain_state_dict(model)
+    plain = plugin.export(model.state_dict())
     assert not any(key.endswith(("_orig", "_mask")) for key in plain)
     torch.testing.assert_close(plain["fc1.weight"], model.fc1.weight_orig * model.fc1.weight_mask)
     fresh = MLP(in_features=6, hidden_sizes=[8], num_classes=4)

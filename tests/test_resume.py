@@ -4,18 +4,16 @@ import pytest
 import torch
 
 from hooktrain import train
-from test_train import ALL_PLUGINS
+from conftest import every_plugin
 
 # Wall-clock timings cannot repeat bit for bit; everything else must.
 NOT_REPRODUCIBLE = ("plugin_state.module_timer.",)
 
 
 def run(make_cfg, out, *extra):
-    cadence = [f"plugins.{name}.every_n_steps=1" for name in ALL_PLUGINS]
-    cadence += [f"plugins.{name}.log_every_n_steps=2" for name in ("grad_clip", "pruning", "nan_guard")]
     train(make_cfg(
         "model=mlp", "trainer.deterministic=true", "task.scheduler.T_max=2",  # the schedule of the 2-epoch run in both
-        f"plugins=[{','.join(ALL_PLUGINS)}]", *cadence,
+        *every_plugin(),
         "plugins.pruning.method=random_unstructured", "plugins.pruning.start=0", "plugins.pruning.end=8",
         f"paths.output_dir={out}", *extra,
     ))

@@ -1,19 +1,17 @@
 """weight_stats, module_timer and nan_guard against hand computations."""
 
-from functools import partial
 
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from hooktrain import PluginRunner
+from hooktrain import HookSession
 from hooktrain.errors import NonFiniteError
 from hooktrain.models import MLP
-from hooktrain.task import ClassifierTask
 from plugins.module_timer import ModuleTimer
 from plugins.nan_guard import NanGuard
 from plugins.weight_stats import WeightStats
-from test_runner import fit
+from test_session import fit
 
 
 class Snapshots(Callback):
@@ -46,13 +44,12 @@ def test_module_timer_records_the_time_between_pre_and_post_hooks(monkeypatch):
     clock = iter([10.0, 10.25])
     monkeypatch.setattr("plugins.module_timer.time.perf_counter", lambda: next(clock))
     plugin = ModuleTimer(name="timer")
-    runner = PluginRunner([plugin])
     model = MLP(in_features=4, hidden_sizes=[], num_classes=2)
-    runner.setup(None, ClassifierTask(model, optimizer=partial(torch.optim.SGD, lr=0.1)), "fit")
-    ctx = runner._contexts["timer"][0][1]
+    session = HookSession(model, [plugin]).setup()
+    ctx = session._contexts["timer"][0][1]
     plugin.forward_pre(ctx, model.head, ())
     plugin.forward(ctx, model.head, (), None)
-    assert runner._stats["timer"].means()["forward_ms"].tolist() == [250.0]
+    assert session._stats["timer"].combined()["forward_ms"].tolist() == [250.0]
 
 
 class Poison(Callback):
@@ -75,16 +72,10 @@ def infinite_gradient_step(scaler=None):
     """One backward with finite outputs and an infinite gradient from the loss, then nan_guard's check."""
     guard = NanGuard(name="nan_guard")
     model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)
-    runner = PluginRunner([guard])
-    task = ClassifierTask(model, optimizer=partial(torch.optim.SGD, lr=0.1))
-    runner.setup(None, task, "fit")
-    runner.info.scaler = scaler
-    runner.attach(guard)
-    try:
-        (model(torch.randn(2, 4)) * float("inf")).sum().backward()
-        guard.update(task.plugin_state.nan_guard, runner._stats["nan_guard"].means())
-    finally:
-        runner.detach_all()
+    with HookSession(model, [guard]) as session:
+        session.info.scaler = scaler
+        with session.step(0):  # nan_guard checks when the step finishes
+            (model(torch.randn(2, 4)) * float("inf")).sum().backward()
 
 
 def test_nan_guard_names_where_a_bad_gradient_entered():

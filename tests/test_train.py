@@ -11,7 +11,7 @@ from lightning.pytorch import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from conftest import run_cli
+from conftest import PLUGINS, every_plugin, run_cli
 from hooktrain import HookPlugin, HooktrainError, PluginHookError, train
 from hooktrain.errors import NonFiniteError
 from hooktrain.config import trainer_schema
@@ -99,7 +99,7 @@ def test_a_plugin_error_stops_the_run_and_leaves_the_last_checkpoint_intact(make
     last = tmp_path / "checkpoints" / "last.ckpt"
     train(make_cfg("model=mlp", "trainer.max_epochs=2"))  # steps 0-7; the resumed run fails in its first epoch
     broken = ["+plugins.broken._target_=test_train.RaisingPlugin", "+plugins.broken.targets=[fc1]"]
-    with pytest.raises(PluginHookError, match=r"plugin 'broken' failed in its forward hook on module 'fc1': RuntimeError: boom"):
+    with pytest.raises(PluginHookError, match=r"plugin 'broken' failed at step 9 in its forward hook on module 'fc1': RuntimeError: boom"):
         train(make_cfg("model=mlp", "trainer.max_epochs=4", f"ckpt_path={last}", *broken))
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["global_step"] == 8  # the epoch that ended before the error, whole
@@ -140,7 +140,7 @@ def test_bad_values_stop_before_training_with_the_field_named(make_cfg, tmp_path
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("plugins=[grad_logger,no_such_plugin]", r"error: unknown plugin 'no_such_plugin' in `plugins=\[grad_logger,no_such_plugin\]`; available plugins: activation_logger, grad_clip, grad_logger, module_timer, nan_guard, pruning, weight_stats"),
+        ("plugins=[grad_logger,no_such_plugin]", r"error: unknown plugin 'no_such_plugin' in `plugins=\[grad_logger,no_such_plugin\]`; available plugins: " + ", ".join(PLUGINS)),
         ("plugins.grad_logger.every_n_steps=0", r"error: `plugins.grad_logger.every_n_steps` must be an integer >= 1, got 0"),
         ("plugins.grad_logger.targets=[no_such_layer*]", r"error: `plugins.grad_logger.targets`: pattern 'no_such_layer\*' matches no module"),
         ("model=resnet", r"Could not find 'model/resnet'[\s\S]*Available options in 'model':\s+lenet\s+mlp\s+nested"),
@@ -165,18 +165,12 @@ def test_cli_lists_plugins_and_config_groups():
     assert "every_n_steps: 50" in listing.stdout
 
     help_text = run_cli("train.py", "--help").stdout
-    for group in ("model: lenet, mlp, nested", "data: digits, synthetic", "trainer: cpu, ddp, gpu", "logger: csv, tensorboard", "plugins: activation_logger, grad_clip, grad_logger, module_timer, nan_guard, pruning, weight_stats"):
+    for group in ("model: lenet, mlp, nested", "data: digits, synthetic", "trainer: cpu, ddp, gpu", "logger: csv, tensorboard", "plugins: " + ", ".join(PLUGINS)):
         assert group in help_text, help_text
 
 
-ALL_PLUGINS = ["activation_logger", "grad_clip", "pruning", "nan_guard", "module_timer", "weight_stats", "grad_logger"]
-
-
 def test_all_plugins_together_log_checkpoint_and_export(make_cfg, tmp_path):
-    cadence = [f"plugins.{name}.every_n_steps=1" for name in ALL_PLUGINS]
-    cadence += [f"plugins.{name}.log_every_n_steps=2" for name in ("grad_clip", "pruning", "nan_guard")]
-    cfg = make_cfg("model=lenet", f"plugins=[{','.join(ALL_PLUGINS)}]", *cadence,
-                   "plugins.pruning.amount=0.5", "plugins.pruning.start=0", "plugins.pruning.end=2")
+    cfg = make_cfg("model=lenet", *every_plugin(), "plugins.pruning.amount=0.5", "plugins.pruning.start=0", "plugins.pruning.end=2")
     metrics = train(cfg)
 
     events = read_events(tmp_path / "tensorboard")

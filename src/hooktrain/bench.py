@@ -15,8 +15,9 @@ Trainer's defaults: what users would write instead), ``hooktrain`` (train.py's c
 ``hooktrain+<plugin>`` for each plugin at its default cadence, ``hooktrain+logging`` (together, the
 plugins that only observe: ``changes_training`` is False), ``hooktrain+all``
 (every plugin, clipping and nan_guard acting on every step included) and ``hooktrain+idle`` (every
-plugin active on step 0 only, so idle while timed; pruning left out: PyTorch's pruning hook applies
-the masks at every forward by design, so it is never idle; ``hooktrain+pruning`` shows its cost).
+plugin active on step 0 only, so idle while timed; plugins whose class says ``acts_when_idle`` are left
+out, e.g. pruning: PyTorch's pruning hook applies the masks at every forward by design;
+``hooktrain+pruning`` shows its cost). A plugin's ``example_settings`` are passed to it in every variant.
 """
 
 import argparse
@@ -38,15 +39,14 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from hydra.utils import get_class
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 import hooktrain  # noqa: F401  registers the trainer schema
 from hooktrain.build import build
-from hooktrain.registry import plugin_names
+from hooktrain.registry import example_overrides, plugin_class, plugin_names
 from hooktrain.run import build_run
 
 NEVER = 10**9  # every_n_steps that leaves a plugin active on step 0 only
@@ -97,11 +97,10 @@ def compose_cfg(config_dir: Path, model: str, variant: str, total_steps: int, ou
     if variant == "hooktrain+logging":
         names = logging_plugins(config_dir)
     if variant == "hooktrain+idle":
-        names = [name for name in names if name != "pruning"]
-    if variant in ("hooktrain+all", "hooktrain+idle", "hooktrain+logging"):
-        overrides.append(f"plugins=[{','.join(names)}]")
-    elif variant.startswith("hooktrain+"):
-        overrides.append(f"plugins=[{variant.removeprefix('hooktrain+')}]")
+        names = [name for name in names if not plugin_class(config_dir, name).acts_when_idle]
+    if variant not in ("hooktrain+all", "hooktrain+idle", "hooktrain+logging"):
+        names = [variant.removeprefix("hooktrain+")] if variant.startswith("hooktrain+") else []
+    overrides += example_overrides(config_dir, names)  # with what a plugin needs to run at all (ablate: which module)
     if variant == "hooktrain+idle":
         overrides += [f"++plugins.{name}.{key}={NEVER}" for name in names for key in ("every_n_steps", "log_every_n_steps")]
     with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
@@ -110,10 +109,8 @@ def compose_cfg(config_dir: Path, model: str, variant: str, total_steps: int, ou
 
 def logging_plugins(config_dir: Path) -> list[str]:
     """Plugins that only observe training (their class says ``changes_training = False``)."""
-    return [
-        name for name in plugin_names(config_dir)
-        if not get_class(OmegaConf.load(config_dir / "plugins" / f"{name}.yaml")[name]._target_).changes_training
-    ]
+    return [name for name in plugin_names(config_dir) if not plugin_class(config_dir, name).changes_training]
+
 
 
 def time_variant(

@@ -1,7 +1,7 @@
 """HookPlugin and HookContext: the one file a plugin author reads.
 
-A plugin overrides only the hooks it needs. The runner registers exactly those kinds on the
-selected modules, only on the steps where the plugin is active, and owns every handle::
+A plugin overrides only the hooks it needs. The session registers exactly those kinds on the
+selected modules, only on the steps (and phases) where the plugin is active, and owns every handle::
 
     class OutputNorm(HookPlugin):
         \"\"\"Logs the norm of each selected module's output.\"\"\"
@@ -24,13 +24,15 @@ from hooktrain.errors import HooktrainError, check_positive_int
 from hooktrain.stats import StepStats
 
 HOOK_KINDS = ("forward_pre", "forward", "backward_pre", "backward", "output_grad")
+PHASES = ("train", "validate", "test", "predict")
 
 
 @dataclass
 class StepInfo:
-    """Shared by all contexts of a run; the runner updates it at the start of every training batch."""
+    """Shared by all contexts of a session; the engine tells the session the step and phase, the session updates this."""
 
     step: int = 0
+    phase: str = "train"  # one of PHASES
     total_steps: float = float("inf")  # optimizer steps the fit will take (Lightning's estimate)
     scaler: Any = None  # the GradScaler of a mixed-precision run, else None
     seconds: dict[str, float] = field(default_factory=dict)  # host time spent in each plugin's code this step
@@ -48,33 +50,42 @@ class StepInfo:
 class HookContext:
     """What a hook knows besides its PyTorch arguments: which module, which step, where numbers go.
 
-    The runner makes one context per (plugin, module) pair.
+    The session makes one context per (plugin, module) pair.
 
     Attributes:
         module_name: the module's qualified name in the model, e.g. ``"features.conv1"``.
         index: the module's position in the plugin's selection (the index into its buffers).
+        state: the plugin's state module (its buffers, as ``setup`` registered them).
     """
 
-    def __init__(self, module_name: str, index: int, stats: StepStats, info: StepInfo) -> None:
+    def __init__(self, module_name: str, index: int, stats: StepStats, info: StepInfo, state: nn.Module | None = None) -> None:
         self.module_name = module_name
         self.index = index
+        self.state = state
         self._stats = stats
         self.info = info
 
     @property
     def step(self) -> int:
-        """The optimizer step being computed (Lightning's ``global_step``)."""
+        """The optimizer step being computed (Lightning's ``global_step``); in evaluation, the last one trained."""
         return self.info.step
 
-    def record(self, stat: str, value: Tensor) -> None:
-        """Adds a tensor for this module; averaged over the step's calls and over ranks, then given to ``update``.
+    @property
+    def phase(self) -> str:
+        """``train``, ``validate``, ``test`` or ``predict``."""
+        return self.info.phase
 
-        It stays on its device: no host sync. A scalar is also logged as ``<plugin>/<stat>/<module_name>``.
+    def record(self, stat: str, value: Tensor, reduce: str = "mean") -> None:
+        """Adds a tensor for this module, combined by ``reduce`` over the step's calls and over processes.
+
+        ``reduce`` is ``mean`` (default), ``sum`` (counts), ``max`` or ``min``: a module called
+        twice in a step (a shared layer) records twice, and ``sum`` adds both, ``mean`` averages them.
+        The value stays on its device: no host sync. A scalar is logged as ``<plugin>/<stat>/<module_name>``.
         """
-        self._stats.add(stat, self.index, value)
+        self._stats.add(stat, self.index, value, reduce)
 
     def record_histogram(self, stat: str, values: Tensor) -> None:
-        """Summarizes ``values`` on their device (64 bins, no copy kept) for a TensorBoard histogram (rank 0 logs it)."""
+        """Summarizes ``values`` on their device (64 bins, no copy kept) for a TensorBoard histogram; every call of the step merges in (rank 0 logs it)."""
         self._stats.add_histogram(stat, self.index, values)
 
     def unscale(self, grad: Tensor) -> Tensor:
@@ -95,15 +106,20 @@ class HookPlugin:
     """Base class of hooktrain plugins: override the hook methods you need, nothing else.
 
     Args:
-        name: the plugin's key under ``plugins`` in the config; the runner passes it.
-        every_n_steps: the plugin is active (hooks attached, buffers updated) on optimizer steps
-            that are multiples of this. Steps in between cost nothing: no hook is attached.
+        name: the plugin's key under ``plugins`` in the config; the run passes it.
+        every_n_steps: in training, the plugin is active (hooks attached, buffers updated) on optimizer
+            steps that are multiples of this. Steps in between cost nothing: no hook is attached.
         log_every_n_steps: statistics are logged on active steps that are multiples of this; by
             default every active step. Must be a multiple of ``every_n_steps``. Plugins that act
             on every step (clipping) log less often, since logging copies values to the host.
         targets: globs over ``model.named_modules()`` names, e.g. ``["features.*"]``.
         types: module class names, e.g. ``["Conv2d", "Linear"]``. Without targets and types,
             the plugin hooks every leaf module that has parameters.
+        phases: where the plugin runs, among ``train``, ``validate``, ``test``, ``predict``. By
+            default ``[train]`` for plugins that observe, and all four for plugins that change the
+            forward computation (``changes_forward``), so evaluation measures the model that trained.
+            In evaluation a plugin runs on every batch; what it records is logged once per phase as
+            ``<plugin>/<phase>/<stat>/<module>`` and does not touch its buffers.
 
     Raises:
         HooktrainError: a value is out of range; the message names ``plugins.<name>.<field>``.
@@ -115,6 +131,20 @@ class HookPlugin:
     changes_training: bool = False
     """True for plugins that alter the computation (clipping, pruning, stopping); False for those that only observe."""
 
+    changes_forward: bool = False
+    """True for plugins whose hooks change what modules compute in the forward pass (ablation, patching, masks).
+
+    They run in every phase by default, and ``export`` must bake their effect into the weights or
+    say it cannot (the run then says that ``model.pt`` alone does not reproduce the tested model).
+    """
+
+    acts_when_idle: bool = False
+    """True when the plugin's effect runs at every forward even on its idle steps (pruning's masks, applied by torch)."""
+
+    example_settings: dict[str, Any] = {}
+    """Parameters that let the plugin run on the built-in models (LeNet, MLP) where its defaults cannot (ablate's
+    targets): the benchmark and ``hooktrain.testing`` pass them, as ``plugins.<name>.<key>=<value>`` overrides."""
+
     def __init__(
         self,
         name: str,
@@ -122,9 +152,10 @@ class HookPlugin:
         targets: Sequence[str] = (),
         types: Sequence[str] = (),
         log_every_n_steps: int | None = None,
+        phases: Sequence[str] | None = None,
     ) -> None:
         self.name = name
-        self.info = StepInfo()  # replaced by the runner's: the current step, also during ``update``
+        self.info = StepInfo()  # replaced by the session's: the current step and phase, also during ``update``
         self.every_n_steps = check_positive_int(self.field("every_n_steps"), every_n_steps)
         self.log_every_n_steps = check_positive_int(self.field("log_every_n_steps"), log_every_n_steps or every_n_steps)
         if self.log_every_n_steps % self.every_n_steps:
@@ -133,13 +164,19 @@ class HookPlugin:
             )
         self.targets = self._string_list("targets", targets)
         self.types = self._string_list("types", types)
+        default_phases = PHASES if self.changes_forward else ("train",)
+        self.phases = tuple(self._string_list("phases", default_phases if phases is None else phases))
+        unknown = [phase for phase in self.phases if phase not in PHASES]
+        if unknown or not self.phases:
+            raise HooktrainError(f"`{self.field('phases')}` must be a non-empty list of {list(PHASES)}, got {list(self.phases)}")
 
     def field(self, key: str) -> str:
         """The config path of one of this plugin's parameters, for error messages."""
         return f"plugins.{self.name}.{key}"
 
-    def is_active(self, step: int) -> bool:
-        return step % self.every_n_steps == 0
+    def is_active(self, step: int, phase: str = "train") -> bool:
+        """Whether the plugin's hooks run: in training on steps divisible by ``every_n_steps``, in evaluation always."""
+        return phase in self.phases and (phase != "train" or step % self.every_n_steps == 0)
 
     def is_logging(self, step: int) -> bool:
         return step % self.log_every_n_steps == 0
@@ -181,7 +218,7 @@ class HookPlugin:
     def after_optimizer_step(self, ctx: HookContext, module: nn.Module) -> None:
         """Called on active steps for each selected module, after the optimizer updated the parameters."""
 
-    # State: buffers on a small module registered under the LightningModule as plugin_state.<name>.
+    # State: buffers on a small module, the session's ``state[name]`` (``plugin_state.<name>`` in a Lightning checkpoint).
 
     def setup(self, state: nn.Module, modules: dict[str, nn.Module]) -> None:
         """Registers this plugin's buffers on ``state``; called once, before a checkpoint is restored.
@@ -196,8 +233,19 @@ class HookPlugin:
         already averaged over the processes of a distributed run, so every rank writes the same
         buffers. Returned tensors are logged: shape ``()`` as ``<plugin>/<stat>``, ``(num_modules,)``
         as a scalar per module, ``(num_modules, [3,] H, W)`` with values in [0, 1] as an image per module.
+        Called for training steps only: evaluation phases log what hooks record and leave buffers alone.
         """
         return {}
+
+    def export(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor] | None:
+        """Transforms the model's state dict into the exported weights (``model.pt``); returns it.
+
+        The default keeps it as it is for plugins that leave the forward alone, and returns ``None``
+        for those that change it (``changes_forward``): their effect is not in the weights, and the
+        run says that ``model.pt`` alone does not reproduce the tested model. Override it to bake
+        the effect in, as pruning does with its masks.
+        """
+        return None if self.changes_forward else state_dict
 
     def _string_list(self, key: str, value: object) -> list[str]:
         values = [value] if isinstance(value, str) else list(value or [])

@@ -62,17 +62,32 @@ def available_plugins(config_dir: Path) -> list[PluginInfo]:
     return [_describe(config_dir / "plugins" / f"{name}.yaml") for name in plugin_names(config_dir)]
 
 
-def _describe(path: Path) -> PluginInfo:
-    name = path.stem
+def plugin_class(config_dir: Path, name: str) -> type:
+    """The class that ``<config_dir>/plugins/<name>.yaml`` names in its ``_target_``."""
+    path = config_dir / "plugins" / f"{name}.yaml"
     node = OmegaConf.load(path).get(name)
     if node is None or "_target_" not in node:
         raise HooktrainError(f"{path} must nest its settings under `{name}:` with a `_target_`")
     target = node._target_
     module_name, _, class_name = target.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        return getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as error:
         raise HooktrainError(f"`plugins.{name}._target_`: cannot import {target!r} ({error})") from None
+
+
+def example_overrides(config_dir: Path, names: list[str]) -> list[str]:
+    """``plugins=[...]`` and each plugin's ``example_settings``: what runs them all on the built-in models."""
+    overrides = [f"plugins=[{','.join(names)}]"] if names else []
+    for name in names:
+        overrides += [f"++plugins.{name}.{key}={value}" for key, value in plugin_class(config_dir, name).example_settings.items()]
+    return overrides
+
+
+def _describe(path: Path) -> PluginInfo:
+    name = path.stem
+    cls = plugin_class(path.parent.parent, name)
+    target = f"{cls.__module__}.{cls.__qualname__}"
     description = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
     lines = path.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"{name}:"))

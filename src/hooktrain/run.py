@@ -1,6 +1,7 @@
 """The main job: build everything from the config, fit, test, export the model's weights."""
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,18 +13,23 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hooktrain.build import build, build_plugins
-from hooktrain.errors import HooktrainError, check_positive
-from hooktrain.export import plain_state_dict, save_atomic
-from hooktrain.runner import PluginRunner
+from hooktrain.engines.lightning import HookCallback
+from hooktrain.errors import HooktrainError, PluginHookError, check_positive
+from hooktrain.export import save_atomic
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> None:
-    """The command line's entry: trains, and turns a user mistake into one sentence and exit status 1."""
+    """The command line's entry: trains, and turns a user mistake or a plugin's failure into one sentence and exit status 1.
+
+    ``HYDRA_FULL_ERROR=1`` shows the whole traceback instead, as it does for Hydra's own errors.
+    """
     try:
         train(cfg)
-    except HooktrainError as error:
+    except (HooktrainError, PluginHookError) as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
         raise SystemExit(f"error: {error}") from None
 
 
@@ -34,6 +40,7 @@ class Run:
     trainer: pl.Trainer
     task: pl.LightningModule
     datamodule: pl.LightningDataModule
+    hooks: HookCallback | None  # None without plugins
 
 
 def build_run(cfg: DictConfig) -> Run:
@@ -44,7 +51,7 @@ def build_run(cfg: DictConfig) -> Run:
     """
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, "data")
-    model = build(cfg.model, "model")
+    model, compiled = uncompiled(build(cfg.model, "model"), bool(cfg.get("compile", False)))
     check_model_takes_data(model, datamodule)
     task = build(cfg.task, "task", model=model)
     check_optimizer(task)
@@ -53,10 +60,13 @@ def build_run(cfg: DictConfig) -> Run:
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar it was told not to show
         callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
     logger = build(cfg.logger, "logger")
-    if plugins:  # without plugins, no runner: Lightning would still call it on every step
-        callbacks.append(PluginRunner(plugins))
+    hooks = HookCallback(plugins, compiled=compiled) if plugins else None  # without plugins Lightning would still call it every step
+    if hooks:
+        callbacks.append(hooks)
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
-    return Run(trainer, task, datamodule)
+    if compiled:  # in place: names and state_dict keys stay the model's own; traced at the first forward, after hooks are in place
+        model.compile()
+    return Run(trainer, task, datamodule, hooks)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -97,10 +107,26 @@ def train(cfg: DictConfig) -> dict[str, float]:
         else:
             logger.log_hyperparams(hparams)
 
+    weights, not_in_weights = run.hooks.session.export_state_dict() if run.hooks else (task.model.state_dict(), [])
     if trainer.is_global_zero:
-        save_atomic(plain_state_dict(task.model), output_dir / "model.pt")
+        save_atomic(weights, output_dir / "model.pt")
         log.info("final model weights (those tested) saved to %s", output_dir / "model.pt")
+        if not_in_weights:
+            log.warning(
+                "model.pt alone does not reproduce the tested model: plugin(s) %s changed its forward computation during the "
+                "test in a way weights cannot hold; run it with the same plugins (hooktrain.HookSession) to get the test metrics",
+                ", ".join(repr(name) for name in not_in_weights),
+            )
     return metrics
+
+
+def uncompiled(model: nn.Module, compile: bool) -> tuple[nn.Module, bool]:
+    """The model and whether to compile it: a model the config wrapped in ``torch.compile`` is unwrapped and compiled
+    in place later (``Module.compile``), so its names and ``model.pt`` keys carry no ``_orig_mod.`` and hooks go in first."""
+    original = getattr(model, "_orig_mod", None)
+    if isinstance(original, nn.Module):
+        return original, True
+    return model, compile
 
 
 def check_model_takes_data(model: nn.Module, datamodule: pl.LightningDataModule) -> None:

@@ -16,11 +16,21 @@ def default_selection(model: nn.Module) -> list[str]:
     ]
 
 
-def select_modules(model: nn.Module, targets: list[str], types: list[str], field: str) -> list[tuple[str, nn.Module]]:
-    """Returns ``(qualified name, module)`` pairs in definition order.
+def module_names(model: nn.Module) -> dict[int, list[str]]:
+    """Every qualified name of each submodule, by ``id``: a module shared between two places has two."""
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if name:
+            names.setdefault(id(module), []).append(name)
+    return names
 
-    ``targets`` are globs over ``named_modules()`` names (``features.*``, ``*fc?``); ``types`` are
-    class names (``Conv2d``, ``Linear``; a base class name matches its subclasses). Given both, a
+
+def select_modules(model: nn.Module, targets: list[str], types: list[str], field: str) -> list[tuple[str, nn.Module]]:
+    """Returns ``(qualified name, module)`` pairs in definition order, each module once.
+
+    ``targets`` are globs over ``named_modules()`` names (``features.*``, ``*fc?``); a module shared
+    between two places matches by either of its names and is listed once, under its first. ``types``
+    are class names (``Conv2d``, ``Linear``; a base class name matches its subclasses). Given both, a
     module must match both; given neither, the leaf modules with parameters are chosen.
 
     Raises:
@@ -30,13 +40,15 @@ def select_modules(model: nn.Module, targets: list[str], types: list[str], field
     if not targets and not types:
         chosen = set(default_selection(model))
         return [(name, module) for name, module in named if name in chosen]
+    names = module_names(model)
+    every_name = [name for all_names in names.values() for name in all_names]
 
     def describe_modules() -> str:
         listed = ", ".join(f"{name} ({type(module).__name__})" for name, module in named[:40])
         return listed + (", ..." if len(named) > 40 else "")
 
     for pattern in targets:
-        if not any(fnmatchcase(name, pattern) for name, _ in named):
+        if not any(fnmatchcase(name, pattern) for name in every_name):
             raise HooktrainError(
                 f"`{field}.targets`: pattern {pattern!r} matches no module of the model; its modules are: {describe_modules()}"
             )
@@ -48,7 +60,7 @@ def select_modules(model: nn.Module, targets: list[str], types: list[str], field
     selected = [
         (name, module)
         for name, module in named
-        if (not targets or any(fnmatchcase(name, pattern) for pattern in targets))
+        if (not targets or any(fnmatchcase(alias, pattern) for alias in names[id(module)] for pattern in targets))
         and (not types or any(_is_instance_by_name(module, type_name) for type_name in types))
     ]
     if not selected:

@@ -1,9 +1,17 @@
-"""Per-step statistics a plugin records in its hooks, kept as device tensors until the runner flushes."""
+"""Per-step statistics a plugin records in its hooks, kept as device tensors until the session flushes."""
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from hooktrain.errors import HooktrainError
+
 HISTOGRAM_BINS = 64
+REDUCTIONS = ("mean", "sum", "max", "min")
+
+# all_reduce(tensor, op) -> tensor, op "sum" or "max": combines a tensor over the processes of a run.
+AllReduce = Callable[[Tensor, str], Tensor]
 
 
 def histogram_summary(values: Tensor, bins: int = HISTOGRAM_BINS) -> Tensor:
@@ -16,10 +24,35 @@ def histogram_summary(values: Tensor, bins: int = HISTOGRAM_BINS) -> Tensor:
     """
     flat = values.flatten().float()
     low, high = flat.min(), flat.max()
-    counts = bucket_counts(flat, low, low + (high - low).clamp_min(torch.finfo(torch.float32).tiny), bins)
+    counts = bucket_counts(flat, low, _upper(low, high), bins)
     count = torch.full((), float(flat.numel()), device=flat.device)  # a fill kernel, not a host-to-device copy
     moments = torch.stack([low, high, count, flat.sum(), flat.square().sum()])
     return torch.cat([moments, counts])
+
+
+def merge_histograms(a: Tensor, b: Tensor) -> Tensor:
+    """One summary of the values behind two :func:`histogram_summary` results (a module called twice a step).
+
+    Moments add up exactly; each bucket's count moves to the bucket of the merged range that holds
+    its centre, so the merged picture is exact to a bucket's width.
+    """
+    low, high = torch.minimum(a[0], b[0]), torch.maximum(a[1], b[1])
+    bins = len(a) - 5
+    centres = torch.cat([_centres(a, bins), _centres(b, bins)])
+    weights = torch.cat([a[5:], b[5:]])
+    index = ((centres - low) * (bins / (_upper(low, high) - low))).long().clamp_(0, bins - 1)
+    counts = torch.zeros(bins, device=a.device).scatter_add_(0, index, weights)
+    return torch.cat([torch.stack([low, high]), a[2:5] + b[2:5], counts])
+
+
+def _centres(summary: Tensor, bins: int) -> Tensor:
+    low, high = summary[0], _upper(summary[0], summary[1])
+    return low + (high - low) * (torch.arange(bins, device=summary.device) + 0.5) / bins
+
+
+def _upper(low: Tensor, high: Tensor) -> Tensor:
+    """``high``, or just above ``low`` when all values are equal (a range must not be empty)."""
+    return low + (high - low).clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def bucket_counts(values: Tensor, low: float | Tensor, high: float | Tensor, bins: int) -> Tensor:
@@ -42,46 +75,113 @@ def ema_update_(average: Tensor, value: Tensor, decay: float) -> Tensor:
     return average.copy_(torch.where(torch.isnan(value), average, blended))
 
 
-class StepStats:
-    """Sums and call counts per (statistic, module index) for one active step.
+class _Statistic:
+    """One statistic of one plugin: per module, the calls' values combined by ``reduce``, and the call count."""
 
-    Values are detached and stay on their device: recording never syncs with the host. Counts are
-    plain ints, so averaging over several calls (gradient accumulation, a module used twice) is free.
+    def __init__(self, reduce: str, num_modules: int) -> None:
+        self.reduce = reduce
+        self.values: list[Tensor | None] = [None] * num_modules
+        self.counts = [0] * num_modules
+
+    def add(self, index: int, value: Tensor) -> None:
+        held = self.values[index]
+        if held is None:
+            self.values[index] = value
+        elif self.reduce in ("mean", "sum"):
+            self.values[index] = held + value
+        else:
+            self.values[index] = torch.maximum(held, value) if self.reduce == "max" else torch.minimum(held, value)
+        self.counts[index] += 1
+
+    def stacked(self, missing: float) -> Tensor:
+        """``(num_modules, *shape)``: each module's combined value (a sum for mean), ``missing`` where it recorded nothing."""
+        example = next(value for value in self.values if value is not None)
+        filler = torch.full_like(example, missing)
+        return torch.stack([filler if value is None else value for value in self.values])
+
+
+class StepStats:
+    """What one plugin's hooks recorded in one step (or one evaluation phase), per statistic and module.
+
+    Values are detached and stay on their device: recording never syncs with the host. Each
+    statistic says how its values combine (``mean``, ``sum``, ``max``, ``min``): across the calls
+    of a step (a module called twice, gradient accumulation) and across processes. Call counts are
+    plain ints, so a single process combines without touching the device.
     """
 
-    def __init__(self, num_modules: int) -> None:
+    def __init__(self, num_modules: int, plugin_name: str = "plugin") -> None:
         self.num_modules = num_modules
-        self.sums: dict[str, list[Tensor | None]] = {}
-        self.counts: dict[str, list[int]] = {}
+        self.plugin_name = plugin_name
+        self.stats: dict[str, _Statistic] = {}
         self.histograms: dict[tuple[str, int], Tensor] = {}
 
-    def add(self, stat: str, index: int, value: Tensor) -> None:
-        value = value.detach().float()
-        if stat not in self.sums:
-            self.sums[stat] = [None] * self.num_modules
-            self.counts[stat] = [0] * self.num_modules
-        total = self.sums[stat][index]
-        self.sums[stat][index] = value if total is None else total + value
-        self.counts[stat][index] += 1
+    def add(self, stat: str, index: int, value: Tensor, reduce: str = "mean") -> None:
+        entry = self.stats.get(stat)
+        if entry is None:
+            if reduce not in REDUCTIONS:
+                raise HooktrainError(f"plugin {self.plugin_name!r} recorded {stat!r} with reduce={reduce!r}; use one of {list(REDUCTIONS)}")
+            entry = self.stats[stat] = _Statistic(reduce, self.num_modules)
+        elif entry.reduce != reduce:
+            raise HooktrainError(
+                f"plugin {self.plugin_name!r} recorded {stat!r} with reduce={reduce!r} after reduce={entry.reduce!r}; "
+                "a statistic combines one way"
+            )
+        entry.add(index, value.detach().float())
 
     def add_histogram(self, stat: str, index: int, values: Tensor) -> None:
-        self.histograms[(stat, index)] = histogram_summary(values.detach())
+        summary = histogram_summary(values.detach())
+        held = self.histograms.get((stat, index))
+        self.histograms[(stat, index)] = summary if held is None else merge_histograms(held, summary)
 
-    def means(self) -> dict[str, Tensor]:
-        """Each statistic as a ``(num_modules, *shape)`` tensor of means; NaN where a module recorded nothing."""
-        means = {}
-        for stat, sums in self.sums.items():
-            missing = torch.full_like(next(total for total in sums if total is not None), float("nan"))
-            means[stat] = torch.stack(
-                [missing if total is None else total / count for total, count in zip(sums, self.counts[stat])]
-            )
-        return means
+    def combined(self, all_reduce: AllReduce | None = None) -> dict[str, Tensor]:
+        """Each statistic as a ``(num_modules, *shape)`` tensor, combined over calls and, with ``all_reduce``, over processes.
+
+        NaN where no call (on any process) recorded the statistic for a module. Over processes,
+        ``mean`` is the mean of every call's value (sums and counts are added up), not a mean of means.
+        """
+        if not self.stats:
+            return {}
+        if all_reduce is None:
+            return {stat: self._local(entry) for stat, entry in self.stats.items()}
+        return self._over_processes(all_reduce)
 
     def recorded(self, stat: str) -> list[bool]:
-        """Which modules recorded ``stat`` this step (known on the host, without looking at values)."""
-        return [count > 0 for count in self.counts[stat]]
+        """Which modules recorded ``stat`` in this process (known on the host, without looking at values)."""
+        return [count > 0 for count in self.stats[stat].counts]
 
     def clear(self) -> None:
-        self.sums.clear()
-        self.counts.clear()
+        self.stats.clear()
         self.histograms.clear()
+
+    @staticmethod
+    def _local(entry: _Statistic) -> Tensor:
+        values = entry.stacked(float("nan"))
+        if entry.reduce == "mean":
+            for index, count in enumerate(entry.counts):
+                if count > 1:
+                    values[index] /= count
+        return values
+
+    def _over_processes(self, all_reduce: AllReduce) -> dict[str, Tensor]:
+        """Two all-reduces for every statistic of the plugin: one sum (sums and call counts), one max (max, and -min)."""
+        entries = list(self.stats.items())
+        adding = [(stat, entry) for stat, entry in entries if entry.reduce in ("mean", "sum")]
+        extremes = [(stat, entry) for stat, entry in entries if entry.reduce in ("max", "min")]
+        sums = [entry.stacked(0.0) for _, entry in adding]
+        device = (sums or [extremes[0][1].stacked(0.0)])[0].device
+        counts = torch.tensor([entry.counts for _, entry in entries], dtype=torch.float32).to(device)
+        summed = all_reduce(torch.cat([counts.flatten(), *[part.flatten() for part in sums]]), "sum")
+        counts, rest = summed[: counts.numel()].view_as(counts), summed[counts.numel() :]
+        result: dict[str, Tensor] = {}
+        for (stat, _), local, part in zip(adding, sums, rest.split([local.numel() for local in sums])):
+            result[stat] = part.view_as(local)
+        if extremes:
+            signed = [entry.stacked(-float("inf")) * (1 if entry.reduce == "max" else -1) for _, entry in extremes]
+            maxima = all_reduce(torch.cat([part.flatten() for part in signed]), "max")
+            for (stat, entry), local, part in zip(extremes, signed, maxima.split([local.numel() for local in signed])):
+                result[stat] = part.view_as(local) * (1 if entry.reduce == "max" else -1)
+        for row, (stat, entry) in enumerate(entries):
+            count = counts[row].view(-1, *[1] * (result[stat].dim() - 1))
+            value = result[stat] / count.clamp_min(1) if entry.reduce == "mean" else result[stat]
+            result[stat] = torch.where(count > 0, value, torch.full_like(value, float("nan")))
+        return {stat: result[stat] for stat, _ in entries}

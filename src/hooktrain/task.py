@@ -1,6 +1,5 @@
 """ClassifierTask: the LightningModule that trains any classifier nn.Module."""
 
-import logging
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -11,8 +10,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hooktrain.errors import NonFiniteError
-
-log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -92,17 +89,9 @@ class ClassifierTask(pl.LightningModule):
             checkpoint["hooktrain_rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restores the random state, and lets a run resume with other plugins: plugin state present on one side only is left as is."""
+        """Restores the random state (plugin state that differs between runs is the HookSession's business)."""
         rng = checkpoint.get("hooktrain_rng", {})
         if "cpu" in rng:
             torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        saved = checkpoint["state_dict"]
-        own = self.state_dict()
-        for key in [key for key in saved if key.startswith("plugin_state.") and key not in own]:
-            log.warning("checkpoint holds %s, state of a plugin this run does not use: ignored", key)
-            del saved[key]
-        for key in own:
-            if key.startswith("plugin_state.") and key not in saved:
-                saved[key] = own[key]

@@ -1,4 +1,4 @@
-"""The plugin core on a tiny MLP trained for real by Lightning on synthetic data."""
+"""The hook session on a tiny MLP, trained for real by Lightning on synthetic data or driven by hand."""
 
 import copy
 import pickle
@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from hooktrain import HookPlugin, HooktrainError, PluginHookError, PluginRunner
+from hooktrain import HookCallback, HookPlugin, HookSession, HooktrainError, PluginHookError
 from hooktrain.data import SyntheticDataModule
 from hooktrain.models import MLP
 from hooktrain.plugin import HookContext, StepInfo
@@ -37,7 +37,7 @@ class StepRecorder(HookPlugin):
 
 
 class HookCounter(Callback):
-    """Counts the hooks on the model at each training batch, after the runner has attached them."""
+    """Counts the hooks on the model at each training batch, after the session has attached them."""
 
     def __init__(self):
         self.counts: dict[int, int] = {}
@@ -53,7 +53,7 @@ def fit(plugins, *, steps=6, accumulate=1, callbacks=(), model=None, logger=Fals
     trainer = pl.Trainer(
         accelerator="cpu", max_steps=steps, accumulate_grad_batches=accumulate, logger=logger,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[PluginRunner(plugins), *callbacks],
+        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[HookCallback(plugins), *callbacks],
     )
     trainer.fit(task, datamodule=data)
     return task, trainer
@@ -81,15 +81,13 @@ def test_only_overridden_hook_kinds_are_registered():
             pass
 
     model = MLP(in_features=16, hidden_sizes=[8], num_classes=3)
-    runner = PluginRunner([BackwardOnly(name="b")])
-    task = ClassifierTask(model, optimizer=partial(torch.optim.SGD, lr=0.1))
-    runner.setup(None, task, "fit")
-    runner.attach(runner.plugins[0])
+    session = HookSession(model, [BackwardOnly(name="b")]).setup()
+    session.attach(session.plugins[0])
     assert {name: len(model.fc1.__dict__[name]) for name in HOOK_DICTS} == {
         "_forward_pre_hooks": 0, "_forward_hooks": 0, "_backward_pre_hooks": 0, "_backward_hooks": 1,
     }
-    assert runner.is_attached(runner.plugins[0])
-    runner.detach_all()
+    assert session.is_attached(session.plugins[0])
+    session.close()
     assert hook_count(model) == 0
 
 
@@ -109,7 +107,7 @@ def test_an_exception_in_a_hook_names_plugin_kind_and_module_and_leaves_no_hook(
                 raise ValueError("boom")
 
     model = MLP(in_features=16, hidden_sizes=[8], num_classes=3)
-    with pytest.raises(PluginHookError, match=rf"plugin 'broken' failed in its {kind} hook on module 'fc1': ValueError: boom"):
+    with pytest.raises(PluginHookError, match=rf"plugin 'broken' failed at step 0 in its {kind} hook on module 'fc1': ValueError: boom"):
         fit([Broken(name="broken", targets=["fc1"])], model=model)
     assert hook_count(model) == 0
 
@@ -130,11 +128,8 @@ class GradTaker(HookPlugin):
 
 
 def backward_with(plugin, model, x):
-    runner = PluginRunner([plugin])
-    runner.setup(None, ClassifierTask(model, optimizer=partial(torch.optim.SGD, lr=0.1)), "fit")
-    runner.attach(plugin)
-    model(x).logsumexp(dim=1).sum().backward()
-    runner.detach_all()
+    with HookSession(model, [plugin]) as session, session.step(0):
+        model(x).logsumexp(dim=1).sum().backward()
     return hook_count(model)
 
 
@@ -188,12 +183,12 @@ def test_plugin_state_is_buffers_in_the_lightning_state_dict_not_in_the_model():
 
 def test_a_name_taken_by_nn_module_is_refused():
     with pytest.raises(HooktrainError, match=r"plugin name 'half' is an attribute of torch.nn.Module"):
-        PluginRunner([StepRecorder(name="half")])
+        HookCallback([StepRecorder(name="half")])
 
 
 def test_distinct_names_are_required():
     with pytest.raises(HooktrainError, match=r"plugin names must be distinct, got \['a', 'a'\]"):
-        PluginRunner([HookPlugin(name="a"), HookPlugin(name="a")])
+        HookCallback([HookPlugin(name="a"), HookPlugin(name="a")])
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, "3"])
@@ -207,7 +202,7 @@ def test_step_stats_average_repeated_calls_and_mark_missing_modules():
     stats.add("x", 0, torch.tensor(1.0))
     stats.add("x", 0, torch.tensor(3.0))
     stats.add("x", 2, torch.tensor(5.0))
-    means = stats.means()["x"]
+    means = stats.combined()["x"]
     assert means[0] == 2.0 and torch.isnan(means[1]) and means[2] == 5.0
     assert stats.recorded("x") == [True, False, True]
 
@@ -224,12 +219,10 @@ def test_unscale_divides_by_the_grad_scaler_scale():
 
 def test_a_model_with_hooks_attached_can_be_copied_and_pickled():
     model = MLP(in_features=16, hidden_sizes=[8], num_classes=3)
-    runner = PluginRunner([StepRecorder(name="rec")])
-    runner.setup(None, ClassifierTask(model, optimizer=partial(torch.optim.SGD, lr=0.1)), "fit")
-    runner.attach(runner.plugins[0])
-    clone = pickle.loads(pickle.dumps(model))
-    assert hook_count(clone) == hook_count(copy.deepcopy(model)) == hook_count(model) == 2
-    runner.detach_all()
+    with HookSession(model, [StepRecorder(name="rec")]) as session:
+        session.start_step(0)
+        clone = pickle.loads(pickle.dumps(model))
+        assert hook_count(clone) == hook_count(copy.deepcopy(model)) == hook_count(model) == 2
 
 
 def test_an_exception_in_update_names_the_plugin():
@@ -240,5 +233,5 @@ def test_an_exception_in_update_names_the_plugin():
         def update(self, state, stats):
             raise KeyError("missing")
 
-    with pytest.raises(PluginHookError, match=r"plugin 'broken' failed in its update: KeyError: 'missing'"):
+    with pytest.raises(PluginHookError, match=r"plugin 'broken' failed at step 0 in its update: KeyError: 'missing'"):
         fit([BrokenUpdate(name="broken", targets=["head"])])

@@ -1,0 +1,83 @@
+"""The Trainer engine: a Lightning Callback that tells a HookSession the step and the phase."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from hooktrain.plugin import HookPlugin
+from hooktrain.session import HookSession, check_plugins
+from hooktrain.writers import writers_for
+
+
+class HookCallback(Callback):
+    """Runs plugins inside Lightning's Trainer through a :class:`HookSession` on the task's model.
+
+    The session hooks ``pl_module.model`` (the task's network) or, without one, the LightningModule
+    itself; its state is registered as ``pl_module.plugin_state``, so Lightning's checkpoints save
+    and restore it with any LightningModule. Statistics go to the Trainer's loggers.
+
+    Args:
+        plugins: the plugins, with distinct names.
+        compiled: the model runs under ``torch.compile`` (hooks attached once, gated per step).
+
+    Raises:
+        HooktrainError: two plugins share a name, or a plugin cannot run compiled (at construction);
+            a selection matches nothing (at ``setup``).
+    """
+
+    def __init__(self, plugins: Sequence[HookPlugin], compiled: bool = False) -> None:
+        check_plugins(plugins, compiled)
+        self.plugins, self.compiled = list(plugins), compiled
+        self.session: HookSession | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Creates the session and the plugins' state before Lightning restores a checkpoint into it."""
+        if self.session is not None:
+            return
+        model = pl_module.model if isinstance(getattr(pl_module, "model", None), nn.Module) else pl_module
+        self.session = HookSession(model, self.plugins, writers_for(trainer.loggers), compiled=self.compiled).setup()
+        pl_module.plugin_state = self.session.state
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.session.info.total_steps = trainer.estimated_stepping_batches
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self.session.info.scaler = getattr(trainer.precision_plugin, "scaler", None)
+        self.session.start_step(trainer.global_step)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        self.session.before_optimizer_step()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step != self.session.info.step:  # else gradient accumulation: the optimizer step is not done
+            self.session.finish_step()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.session.start_phase("validate")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.session.finish_phase(write=not trainer.sanity_checking)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.session.start_phase("test")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.session.finish_phase()
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.session.start_phase("predict")
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.session.finish_phase()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.session is not None:
+            self.session.close()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session.info.scaler = None

@@ -1,0 +1,483 @@
+"""HookSession: runs hook plugins on a model inside any PyTorch loop; the engines only tell it the step and phase."""
+
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from hooktrain.errors import HooktrainError, PluginHookError
+from hooktrain.plugin import PHASES, HookContext, HookPlugin, StepInfo
+from hooktrain.select import module_names, select_modules
+from hooktrain.stats import AllReduce, StepStats
+from hooktrain.writers import Writer
+
+log = logging.getLogger(__name__)
+
+# The first layer's input needs no gradient, so its full backward hook gets grad_input of Nones and
+# PyTorch warns once. Expected: plugins read grad_output for "the gradient at this layer".
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to module outputs")
+
+_STEP_METHODS = ("before_optimizer_step", "after_optimizer_step")
+_UNCOMPILABLE = ("backward_pre", "backward")  # full backward hooks: torch.compile then runs the whole model eagerly
+
+
+class _Gate:
+    """Whether a plugin's hooks act now. Eager runs attach hooks only while active; compiled runs keep them and close the gate."""
+
+    def __init__(self) -> None:
+        self.open = True
+
+
+class _Hook:
+    """One call into a plugin: passes its context, counts and times it, and names the culprit on error.
+
+    A plain object with a bound method, not a closure, so a model with hooks attached still pickles.
+    """
+
+    def __init__(self, plugin: HookPlugin, kind: str, ctx: HookContext, gate: _Gate, timed: bool = True) -> None:
+        self.plugin, self.kind, self.ctx, self.gate, self.timed = plugin, kind, ctx, gate, timed
+        self.calls = 0  # the module's forward calls seen (for the hook map)
+
+    def __call__(self, module: nn.Module, *args: Any) -> Any:
+        if not self.gate.open:
+            return None
+        if self.kind != "output_grad":  # counted at the forward, by _OutputGradHook
+            self.calls += 1
+        start = time.perf_counter() if self.timed else 0.0
+        try:
+            return getattr(self.plugin, self.kind)(self.ctx, module, *args)
+        except PluginHookError:
+            raise
+        except Exception as error:
+            where = f"at step {self.ctx.step}" if self.ctx.phase == "train" else f"in {self.ctx.phase} after step {self.ctx.step}"
+            raise PluginHookError(
+                f"plugin {self.plugin.name!r} failed {where} in its {self.kind} hook on module "
+                f"{self.ctx.module_name!r}: {type(error).__name__}: {error}"
+            ) from error
+        finally:
+            if self.timed:
+                self.ctx.info.charge(self.plugin.name, start)
+
+
+class _OutputGradHook:
+    """A forward hook that puts the plugin's ``output_grad`` hook on the module's output tensor."""
+
+    def __init__(self, hook: _Hook) -> None:
+        self.hook = hook
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self.hook.gate.open:
+            self.hook.calls += 1
+            if isinstance(output, Tensor) and output.requires_grad:
+                output.register_hook(partial(self.hook, module))
+
+
+def _register_output_grad_hook(module: nn.Module, hook: _Hook) -> RemovableHandle:
+    return module.register_forward_hook(_OutputGradHook(hook))
+
+
+_REGISTER = {
+    "forward_pre": nn.Module.register_forward_pre_hook,
+    "forward": nn.Module.register_forward_hook,
+    "backward_pre": nn.Module.register_full_backward_pre_hook,
+    "backward": nn.Module.register_full_backward_hook,
+    "output_grad": _register_output_grad_hook,
+}
+
+
+class HookSession:
+    """Runs plugins on ``model`` in any loop: selection, hooks per step and phase, statistics, state, writing.
+
+    Per plugin, on the training steps where it is active (``step % every_n_steps == 0``) and in the
+    evaluation phases it is given, the overridden hook kinds are registered on its selected modules;
+    at other times no hook of it is attached. When an active step finishes, what the hooks recorded
+    is combined (over calls and processes), folded into the plugin's buffers (``state[name]``) and,
+    on logging steps, written by the process of rank 0 with one device-to-host copy for all plugins.
+    An evaluation phase is written once, when it finishes. Every handle goes on ``close``.
+
+    A plain loop::
+
+        with HookSession(model, [GradLogger(name="grad_logger")], writers=[TensorBoardWriter("runs/demo")]) as session:
+            for step, (x, y) in enumerate(loader):
+                with session.step(step):
+                    F.cross_entropy(model(x), y).backward()
+                    session.before_optimizer_step()
+                    optimizer.step()
+                    optimizer.zero_grad()
+
+    Args:
+        model: the module whose submodules the plugins hook.
+        plugins: the plugins, with distinct names.
+        writers: where statistics go (only the process of rank 0 writes).
+        compiled: the model will run under ``torch.compile``: hooks are attached once, at ``setup``
+            (before compilation), and gated per step instead of attached per step.
+        all_reduce: ``all_reduce(tensor, "sum" | "max")`` over processes; default: ``torch.distributed``
+            when a process group of more than one process is initialized.
+
+    Raises:
+        HooktrainError: two plugins share a name, a selection matches nothing, or a plugin cannot run compiled.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        plugins: Sequence[HookPlugin],
+        writers: Sequence[Writer] = (),
+        *,
+        compiled: bool = False,
+        all_reduce: AllReduce | None = None,
+    ) -> None:
+        check_plugins(plugins, compiled)
+        names = [plugin.name for plugin in plugins]
+        self.model, self.plugins, self.writers, self.compiled = model, list(plugins), list(writers), compiled
+        self.info = StepInfo()
+        self.state = nn.ModuleDict()  # plugin name -> its buffers; register it on a LightningModule to checkpoint it
+        self.state.register_load_state_dict_pre_hook(_fit_other_plugins)
+        self._all_reduce = all_reduce
+        self._contexts: dict[str, list[tuple[nn.Module, HookContext]]] = {}
+        self._stats: dict[str, StepStats] = {}
+        self._hooks: dict[str, list[tuple[nn.Module, _Hook]]] = {}
+        self._handles: dict[str, list[RemovableHandle]] = {}
+        self._gates = {name: _Gate() for name in names}
+        self._active: set[str] = set()
+        self._step_open = False
+        self._layout_written = False
+        self._hook_map_shown = False
+        for plugin in self.plugins:
+            plugin.info = self.info
+
+    # Set-up and clean-up.
+
+    def setup(self) -> "HookSession":
+        """Selects modules and creates each plugin's state (call it before loading a checkpoint into ``state``); once."""
+        if self._contexts:
+            return self
+        for plugin in self.plugins:
+            selected = select_modules(self.model, plugin.targets, plugin.types, f"plugins.{plugin.name}")
+            if plugin.name not in self.state:
+                state = nn.Module()
+                plugin.setup(state, dict(selected))
+                self.state[plugin.name] = state
+            stats = self._stats[plugin.name] = StepStats(len(selected), plugin.name)
+            self._contexts[plugin.name] = [
+                (module, HookContext(name, index, stats, self.info, self.state[plugin.name])) for index, (name, module) in enumerate(selected)
+            ]
+            gate = self._gates[plugin.name]
+            self._hooks[plugin.name] = [
+                (module, _Hook(plugin, kind, ctx, gate, timed=not self.compiled))
+                for module, ctx in self._contexts[plugin.name]
+                for kind in plugin.hook_kinds()
+            ]
+        if self.compiled:  # in place before torch.compile traces the model; closed until a step opens them
+            for plugin in self.plugins:
+                self.attach(plugin)
+                self._gates[plugin.name].open = False
+        return self
+
+    def close(self) -> None:
+        """Removes every hook of every plugin and flushes the writers; the session can be set up no more."""
+        self.detach_all()
+        self._active.clear()
+        self._step_open = False
+        for writer in self.writers:
+            writer.flush()
+
+    def __enter__(self) -> "HookSession":
+        return self.setup()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # Attaching and detaching.
+
+    def attach(self, plugin: HookPlugin) -> None:
+        """Registers the plugin's hooks on its modules; all or nothing."""
+        handles = []
+        try:
+            for module, hook in self._hooks[plugin.name]:
+                handles.append(_REGISTER[hook.kind](module, hook))
+        except BaseException:
+            for handle in handles:
+                handle.remove()
+            raise
+        self._handles[plugin.name] = handles
+
+    def detach(self, plugin: HookPlugin) -> None:
+        for handle in self._handles.pop(plugin.name, []):
+            handle.remove()
+
+    def is_attached(self, plugin: HookPlugin) -> bool:
+        return plugin.name in self._handles
+
+    def detach_all(self) -> None:
+        for plugin in self.plugins:
+            self.detach(plugin)
+
+    # What the engine tells the session.
+
+    def start_step(self, step: int) -> None:
+        """A training batch of optimizer step ``step`` starts (micro-batches of one step pass the same number)."""
+        if self._step_open and step == self.info.step and self.info.phase == "train":
+            return
+        self.info.step, self.info.phase, self._step_open = step, "train", True
+        self._clear()
+        self._activate()
+
+    def before_optimizer_step(self) -> None:
+        """The step's gradients are final (and unscaled): calls the active plugins' ``before_optimizer_step``."""
+        self._call_per_module("before_optimizer_step")
+
+    def finish_step(self) -> None:
+        """The optimizer step is done: ``after_optimizer_step``, then statistics into buffers and, on logging steps, to the writers."""
+        if not self._step_open:
+            return
+        self._step_open = False
+        self._call_per_module("after_optimizer_step")
+        active = [plugin for plugin in self.plugins if plugin.name in self._active]
+        self._activate(none=True)
+        if active:
+            self._flush(active, train=True)
+
+    def start_phase(self, phase: str) -> None:
+        """An evaluation phase (``validate``, ``test``, ``predict``) starts: plugins given that phase act on every batch."""
+        if phase not in PHASES[1:]:
+            raise HooktrainError(f"phase must be one of {list(PHASES[1:])}, got {phase!r}")
+        self._step_open = False
+        self.info.phase = phase
+        self._clear()
+        self._activate()
+
+    def finish_phase(self, write: bool = True) -> None:
+        """The evaluation phase is over: its statistics (over all its batches) are written once; buffers stay as they are."""
+        active = [plugin for plugin in self.plugins if plugin.name in self._active]
+        self._activate(none=True)
+        if active and write:
+            self._flush(active, train=False)
+        self._clear()
+        self.info.phase = "train"
+
+    @contextmanager
+    def step(self, step: int) -> Iterator[None]:
+        """``start_step(step)`` ... ``finish_step()``, around one optimizer step of a plain loop."""
+        self.start_step(step)
+        yield
+        self.finish_step()
+
+    @contextmanager
+    def evaluating(self, phase: str = "validate") -> Iterator[None]:
+        """``start_phase(phase)`` ... ``finish_phase()``, around an evaluation loop."""
+        self.start_phase(phase)
+        yield
+        self.finish_phase()
+
+    # The exported model.
+
+    def export_state_dict(self) -> tuple[dict[str, Tensor], list[str]]:
+        """The model's weights as its plugins export them (pruning made permanent), and the names of the
+        plugins that change the tested model's forward in a way the weights cannot hold."""
+        state = self.model.state_dict()
+        not_in_weights = []
+        for plugin in self.plugins:
+            exported = plugin.export(state)
+            if exported is None:
+                if "test" in plugin.phases:
+                    not_in_weights.append(plugin.name)
+            else:
+                state = exported
+        return state, not_in_weights
+
+    # Inside.
+
+    def _activate(self, none: bool = False) -> None:
+        """Attaches (or opens) the plugins active at this step and phase; detaches (or closes) the others."""
+        for plugin in self.plugins:
+            active = not none and plugin.is_active(self.info.step, self.info.phase)
+            if active:
+                self._active.add(plugin.name)
+            else:
+                self._active.discard(plugin.name)
+            if self.compiled:
+                self._gates[plugin.name].open = active
+            elif active != self.is_attached(plugin):
+                self.attach(plugin) if active else self.detach(plugin)
+
+    def _clear(self) -> None:
+        for stats in self._stats.values():
+            stats.clear()
+        for hooks in self._hooks.values():
+            for _, hook in hooks:
+                hook.calls = 0
+        self.info.seconds.clear()
+
+    def _call_per_module(self, method: str) -> None:
+        for plugin in self.plugins:
+            if plugin.name in self._active and plugin.overrides(method):
+                for module, ctx in self._contexts[plugin.name]:
+                    _Hook(plugin, method, ctx, self._gates[plugin.name], timed=True)(module)
+
+    def _flush(self, plugins: list[HookPlugin], train: bool) -> None:
+        """Combines the statistics over calls and processes; in training folds them into buffers; writes on logging steps."""
+        all_reduce = self._all_reduce or _default_all_reduce()
+        logged: list[tuple[str, str, Tensor, list[bool]]] = []
+        for plugin in plugins:
+            stats = self._stats[plugin.name]
+            combined = stats.combined(all_reduce)
+            extra: dict[str, Tensor] = {}
+            if train:
+                start = time.perf_counter()
+                try:
+                    extra = plugin.update(self.state[plugin.name], combined)
+                except HooktrainError:
+                    raise  # a plugin's own verdict, such as nan_guard's, reads as it is
+                except Exception as error:
+                    raise PluginHookError(
+                        f"plugin {plugin.name!r} failed at step {self.info.step} in its update: {type(error).__name__}: {error}"
+                    ) from error
+                self.info.charge(plugin.name, start)
+            if not train or plugin.is_logging(self.info.step):
+                logged += [(plugin.name, stat, values, stats.recorded(stat)) for stat, values in combined.items()]
+                logged += [(plugin.name, stat, values, [True] * (len(values) if values.dim() else 1)) for stat, values in extra.items()]
+        if not self._hook_map_shown:
+            self._hook_map_shown = True
+            if _is_writer():
+                log.info("hook map (module, its calls in this first %s, plugin: hooks):\n%s", "step" if train else "phase", self.hook_map())
+        writing = [plugin for plugin in plugins if not train or plugin.is_logging(self.info.step)]
+        if writing and self.writers and _is_writer():
+            self._write(writing, logged, train)
+        self._clear()
+
+    def _write(self, plugins: list[HookPlugin], logged: list[tuple[str, str, Tensor, list[bool]]], train: bool) -> None:
+        """Rank 0: scalars, histograms, images and (once) the custom-scalars layout, from one host copy.
+
+        A statistic of shape ``()`` is one scalar for the plugin, ``(num_modules,)`` a scalar per
+        module, ``(num_modules, H, W)`` or ``(num_modules, 3, H, W)`` a gray or RGB image per module
+        with values in [0, 1]; other shapes are the plugin's own business.
+        """
+        phase = "" if train else f"{self.info.phase}/"
+        logged = [entry for entry in logged if entry[2].dim() in (0, 1, 3, 4)]
+        histograms = [
+            (self._tag(plugin.name, phase + stat, index), summary)
+            for plugin in plugins
+            for (stat, index), summary in self._stats[plugin.name].histograms.items()
+        ]
+        parts = [values.detach().float().flatten() for _, _, values, _ in logged] + [summary for _, summary in histograms]
+        # Gathered on the accelerator (host-side timings join it), then one copy to the host.
+        device = next((part.device for part in parts if part.device.type != "cpu"), torch.device("cpu"))
+        host = torch.cat([part.to(device, non_blocking=True) for part in parts]).cpu() if parts else torch.empty(0)
+        numbers = host.tolist()
+        step, position = self.info.step, 0
+        # Host time in each plugin's hooks and update this step (on a GPU: launch time, not kernel time).
+        scalars = {f"plugin/overhead_ms/{name}": 1000 * spent for name, spent in self.info.seconds.items()} if train else {}
+        images: list[tuple[str, Tensor]] = []
+        for plugin_name, stat, values, present in logged:
+            start, position = position, position + values.numel()
+            if values.dim() == 0:  # one value for the whole plugin
+                scalars[f"{plugin_name}/{phase}{stat}"] = numbers[start]
+                continue
+            chunk = host[start:position].view(values.shape)
+            for index, keep in enumerate(present):
+                if keep and values.dim() == 1:
+                    scalars[self._tag(plugin_name, phase + stat, index)] = numbers[start + index]
+                elif keep:
+                    images.append((self._tag(plugin_name, phase + stat, index), chunk[index]))
+        summaries = []
+        for tag, summary in histograms:
+            summaries.append((tag, numbers[position : position + len(summary)]))
+            position += len(summary)
+        for writer in self.writers:
+            writer.write_scalars(scalars, step)
+            for tag, summary in summaries:
+                writer.write_histogram(tag, summary, step)
+            for tag, image in images:
+                writer.write_image(tag, image, step)
+        if train and not self._layout_written and len(plugins) == len(self.plugins):
+            layout: dict[str, dict[str, list]] = {"plugin": {"overhead_ms": ["Multiline", [r"^plugin/overhead_ms/"]]}}
+            for plugin_name, stat, values, _ in logged:
+                if values.dim() == 1:
+                    layout.setdefault(plugin_name, {})[stat] = ["Multiline", [rf"^{plugin_name}/{stat}/"]]
+            for writer in self.writers:
+                writer.write_layout(layout)
+            self._layout_written = True
+
+    def _tag(self, plugin_name: str, stat: str, index: int) -> str:
+        return f"{plugin_name}/{stat}/{self._contexts[plugin_name][index][1].module_name}"
+
+    def hook_map(self) -> str:
+        """Which plugin hooks which module, in the model's order; ``xN``: the module's calls since the step or phase began."""
+        calls: dict[int, int] = {}
+        for hooks in self._hooks.values():
+            for module, hook in hooks:
+                calls[id(module)] = max(calls.get(id(module), 0), hook.calls)
+        entries: dict[int, list[str]] = {}
+        for plugin in self.plugins:
+            kinds = ", ".join(plugin.hook_kinds() + [method for method in _STEP_METHODS if plugin.overrides(method)]) or "update only"
+            cadence = f"every {plugin.every_n_steps} steps" + ("" if plugin.phases == ("train",) else f"; {', '.join(plugin.phases)}")
+            for module, _ in self._contexts[plugin.name]:
+                entries.setdefault(id(module), []).append(f"{plugin.name}: {kinds} ({cadence})")
+        labels = {}
+        for module_id, names in module_names(self.model).items():
+            if module_id in entries:
+                also = f" (also {', '.join(names[1:])})" if len(names) > 1 else ""
+                labels[module_id] = f"{names[0]}{also}  " + (f"x{calls[module_id]}" if module_id in calls else "")
+        width = max(map(len, labels.values()), default=0)
+        return "\n".join(
+            f"  {labels[module_id] if i == 0 else '':<{width}}  {entry}" for module_id in labels for i, entry in enumerate(entries[module_id])
+        )
+
+def check_plugins(plugins: Sequence[HookPlugin], compiled: bool = False) -> None:
+    """Distinct names that ``nn.ModuleDict`` can hold; under ``compiled``, no full backward hooks.
+
+    Raises:
+        HooktrainError: naming the plugin and what to change.
+    """
+    names = [plugin.name for plugin in plugins]
+    if len(set(names)) != len(names):
+        raise HooktrainError(f"plugin names must be distinct, got {names}")
+    for name in names:  # plugin state lives in an nn.ModuleDict, under the plugin's name
+        if hasattr(nn.ModuleDict, name):
+            raise HooktrainError(f"plugin name {name!r} is an attribute of torch.nn.Module; rename the plugin's file and config")
+    for plugin in plugins if compiled else ():
+        kinds = [kind for kind in plugin.hook_kinds() if kind in _UNCOMPILABLE]
+        if kinds:
+            raise HooktrainError(
+                f"plugin {plugin.name!r} uses full backward hooks ({', '.join(kinds)}), with which torch.compile runs the whole model "
+                "uncompiled; set compile=false to use it, or leave it out of `plugins`"
+            )
+
+
+def _default_all_reduce() -> AllReduce | None:
+    """``torch.distributed`` when this process is one of several, else None (nothing to combine)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return _distributed_all_reduce
+    return None
+
+
+def _distributed_all_reduce(tensor: Tensor, op: str) -> Tensor:
+    on_host = tensor.device.type == "cpu" and dist.get_backend() == "nccl"  # NCCL reduces GPU tensors only
+    work = tensor.cuda() if on_host else tensor
+    dist.all_reduce(work, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return work.cpu() if on_host else work
+
+
+def _is_writer() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _fit_other_plugins(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """A checkpoint's plugin state meets this run's plugins: state of plugins this run lacks is dropped
+    (with a warning), plugins new to this run keep their fresh buffers. Any LightningModule, any loop."""
+    own = module.state_dict(prefix=prefix)
+    for key in [key for key in state_dict if key.startswith(prefix) and key not in own]:
+        log.warning("the checkpoint holds %s, state of a plugin this run does not use: ignored", key)
+        del state_dict[key]
+    for key, value in own.items():
+        state_dict.setdefault(key, value)
+

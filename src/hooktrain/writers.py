@@ -1,0 +1,113 @@
+"""Where a session's statistics go: TensorBoard event files, a CSV file, or any Lightning/Fabric logger.
+
+A writer takes host values (the session copies everything to the host once per logging step).
+Every private TensorBoard or Lightning call of hooktrain lives in this file.
+"""
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from tensorboard.compat.proto.summary_pb2 import Summary
+from torch import Tensor
+
+
+class Writer:
+    """Base class: each method is a no-op, so a writer implements what its medium can show."""
+
+    def write_scalars(self, scalars: dict[str, float], step: int) -> None:
+        """Called with every scalar of one logging step."""
+
+    def write_histogram(self, tag: str, summary: list[float], step: int) -> None:
+        """Called with ``[min, max, count, sum, sum of squares, *bucket counts]`` (equal buckets over [min, max])."""
+
+    def write_image(self, tag: str, image: Tensor, step: int) -> None:
+        """Called with a ``(H, W)`` or ``(3, H, W)`` host tensor of values in [0, 1]."""
+
+    def write_layout(self, layout: dict[str, dict[str, list]]) -> None:
+        """Called once with TensorBoard's custom-scalars layout: one chart per statistic, a line per module."""
+
+    def flush(self) -> None:
+        """Called when the session closes."""
+
+
+class TensorBoardWriter(Writer):
+    """Scalars, histograms, images and the custom-scalars layout into TensorBoard event files.
+
+    Args:
+        log_dir: a folder for a new ``SummaryWriter``; or
+        summary_writer: an existing one (a Lightning ``TensorBoardLogger``'s ``experiment``).
+        prefix: put before every tag (Lightning's logger ``prefix``).
+    """
+
+    def __init__(self, log_dir: str | Path | None = None, summary_writer: Any = None, prefix: str = "") -> None:
+        if summary_writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            summary_writer = SummaryWriter(str(log_dir), max_queue=100)
+        self.experiment = summary_writer
+        self.prefix = prefix
+
+    def write_scalars(self, scalars: dict[str, float], step: int) -> None:
+        """All of a step's scalars as one event: one event per scalar (``add_scalar``) fills the writer's queue
+        and training waits for its thread (a LeNet logging step: 20 ms, 11 ms as one event)."""
+        values = [Summary.Value(tag=self.prefix + tag, simple_value=value) for tag, value in scalars.items()]
+        self.experiment._get_file_writer().add_summary(Summary(value=values), step)
+
+    def write_histogram(self, tag: str, summary: list[float], step: int) -> None:
+        low, high, count, total, squares, *counts = summary
+        width = (high - low) / len(counts)
+        limits = [low + width * (i + 1) for i in range(len(counts))]
+        self.experiment.add_histogram_raw(self.prefix + tag, low, high, count, total, squares, limits, counts, global_step=step)
+
+    def write_image(self, tag: str, image: Tensor, step: int) -> None:
+        self.experiment.add_image(self.prefix + tag, image, global_step=step, dataformats="CHW" if image.dim() == 3 else "HW")
+
+    def write_layout(self, layout: dict[str, dict[str, list]]) -> None:
+        self.experiment.add_custom_scalars(layout)
+
+    def flush(self) -> None:
+        self.experiment.flush()
+
+
+class CSVWriter(Writer):
+    """Scalars as rows ``step,tag,value`` of one CSV file (no histograms or images)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self.path.write_text("step,tag,value\n")
+
+    def write_scalars(self, scalars: dict[str, float], step: int) -> None:
+        with self.path.open("a", newline="") as file:
+            csv.writer(file).writerows((step, tag, value) for tag, value in scalars.items())
+
+
+class LoggerWriter(Writer):
+    """Scalars through any logger with ``log_metrics(metrics, step)`` (Lightning's and Fabric's loggers)."""
+
+    def __init__(self, logger: Any) -> None:
+        self.logger = logger
+
+    def write_scalars(self, scalars: dict[str, float], step: int) -> None:
+        self.logger.log_metrics(scalars, step=step)
+
+
+def writers_for(loggers: list[Any]) -> list[Writer]:
+    """A writer for each Lightning or Fabric logger: TensorBoard loggers get every kind of output."""
+    writers: list[Writer] = []
+    for logger in loggers:
+        if _is_tensorboard_logger(logger):
+            prefix = f"{logger._prefix}{logger.LOGGER_JOIN_CHAR}" if getattr(logger, "_prefix", "") else ""
+            writers.append(TensorBoardWriter(summary_writer=logger.experiment, prefix=prefix))
+        else:
+            writers.append(LoggerWriter(logger))
+    return writers
+
+
+def _is_tensorboard_logger(logger: Any) -> bool:
+    from lightning.fabric.loggers import TensorBoardLogger as FabricTensorBoardLogger
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return isinstance(logger, (TensorBoardLogger, FabricTensorBoardLogger))
