@@ -51,7 +51,7 @@ def build_run(cfg: DictConfig) -> Run:
     """
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, "data")
-    model, compiled = uncompiled(build(cfg.model, "model"), bool(cfg.get("compile", False)))
+    model, compiled = uncompiled(build(cfg.model, "model"), check_compile(cfg.get("compile", False)))
     check_model_takes_data(model, datamodule)
     task = build(cfg.task, "task", model=model)
     check_optimizer(task)
@@ -60,12 +60,12 @@ def build_run(cfg: DictConfig) -> Run:
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar it was told not to show
         callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
     logger = build(cfg.logger, "logger")
-    hooks = HookCallback(plugins, compiled=compiled) if plugins else None  # without plugins Lightning would still call it every step
+    hooks = HookCallback(plugins, compiled=bool(compiled)) if plugins else None  # without plugins Lightning would still call it every step
     if hooks:
         callbacks.append(hooks)
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
     if compiled:  # in place: names and state_dict keys stay the model's own; traced at the first forward, after hooks are in place
-        model.compile()
+        model.compile(**({"backend": compiled} if isinstance(compiled, str) else {}))
     return Run(trainer, task, datamodule, hooks)
 
 
@@ -120,7 +120,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def uncompiled(model: nn.Module, compile: bool) -> tuple[nn.Module, bool]:
+def check_compile(value: object) -> bool | str:
+    """``compile``: false, true (torch.compile's default backend, inductor) or a backend's name."""
+    backends = torch.compiler.list_backends(exclude_tags=())
+    if isinstance(value, bool) or value in backends:
+        return value
+    raise HooktrainError(f"`compile` must be true, false or a torch.compile backend ({', '.join(backends)}), got {value!r}")
+
+
+def uncompiled(model: nn.Module, compile: bool | str) -> tuple[nn.Module, bool | str]:
     """The model and whether to compile it: a model the config wrapped in ``torch.compile`` is unwrapped and compiled
     in place later (``Module.compile``), so its names and ``model.pt`` keys carry no ``_orig_mod.`` and hooks go in first."""
     original = getattr(model, "_orig_mod", None)

@@ -40,18 +40,25 @@ class _Hook:
     """One call into a plugin: passes its context, counts and times it, and names the culprit on error.
 
     A plain object with a bound method, not a closure, so a model with hooks attached still pickles.
+    Under torch.compile only the gate check is traced: the plugin's own code runs eagerly behind a
+    graph break (``torch.compiler.disable``), so dynamo guards on no plugin state and an idle step
+    is one graph.
     """
 
-    def __init__(self, plugin: HookPlugin, kind: str, ctx: HookContext, gate: _Gate, timed: bool = True) -> None:
-        self.plugin, self.kind, self.ctx, self.gate, self.timed = plugin, kind, ctx, gate, timed
+    def __init__(self, plugin: HookPlugin, kind: str, ctx: HookContext, gate: _Gate, compiled: bool = False) -> None:
+        self.plugin, self.kind, self.ctx, self.gate = plugin, kind, ctx, gate
         self.calls = 0  # the module's forward calls seen (for the hook map)
+        self._run = _eager(self._call) if compiled else self._call
 
     def __call__(self, module: nn.Module, *args: Any) -> Any:
         if not self.gate.open:
             return None
+        return self._run(module, *args)
+
+    def _call(self, module: nn.Module, *args: Any) -> Any:
         if self.kind != "output_grad":  # counted at the forward, by _OutputGradHook
             self.calls += 1
-        start = time.perf_counter() if self.timed else 0.0
+        start = time.perf_counter()
         try:
             return getattr(self.plugin, self.kind)(self.ctx, module, *args)
         except PluginHookError:
@@ -63,25 +70,40 @@ class _Hook:
                 f"{self.ctx.module_name!r}: {type(error).__name__}: {error}"
             ) from error
         finally:
-            if self.timed:
-                self.ctx.info.charge(self.plugin.name, start)
+            self.ctx.info.charge(self.plugin.name, start)
 
 
 class _OutputGradHook:
     """A forward hook that puts the plugin's ``output_grad`` hook on the module's output tensor."""
 
-    def __init__(self, hook: _Hook) -> None:
+    def __init__(self, hook: _Hook, compiled: bool = False) -> None:
         self.hook = hook
+        self._run = _eager(self._register) if compiled else self._register
 
     def __call__(self, module: nn.Module, args: tuple, output: Any) -> None:
         if self.hook.gate.open:
-            self.hook.calls += 1
-            if isinstance(output, Tensor) and output.requires_grad:
-                output.register_hook(partial(self.hook, module))
+            self._run(module, output)
+
+    def _register(self, module: nn.Module, output: Any) -> None:
+        self.hook.calls += 1
+        if isinstance(output, Tensor) and output.requires_grad:
+            output.register_hook(partial(self.hook, module))
+
+
+def _eager(function: Any) -> Any:
+    """``function`` run outside torch.compile's tracing."""
+    return torch.compiler.disable(function, recursive=True)
+
+
+# Entered from eager code (after an active step's graph break), a hook's gate check is no frame worth
+# compiling: dynamo would compile it once per module and shape until its recompile limit, and warn.
+# Inside a traced model it is still inlined, so an idle step stays one graph.
+for _code in (_Hook.__call__.__code__, _OutputGradHook.__call__.__code__):
+    torch._dynamo.eval_frame.skip_code(_code)
 
 
 def _register_output_grad_hook(module: nn.Module, hook: _Hook) -> RemovableHandle:
-    return module.register_forward_hook(_OutputGradHook(hook))
+    return module.register_forward_hook(_OutputGradHook(hook, compiled=hook._run is not hook._call))
 
 
 _REGISTER = {
@@ -172,7 +194,7 @@ class HookSession:
             ]
             gate = self._gates[plugin.name]
             self._hooks[plugin.name] = [
-                (module, _Hook(plugin, kind, ctx, gate, timed=not self.compiled))
+                (module, _Hook(plugin, kind, ctx, gate, compiled=self.compiled))
                 for module, ctx in self._contexts[plugin.name]
                 for kind in plugin.hook_kinds()
             ]
@@ -321,7 +343,7 @@ class HookSession:
         for plugin in self.plugins:
             if plugin.name in self._active and plugin.overrides(method):
                 for module, ctx in self._contexts[plugin.name]:
-                    _Hook(plugin, method, ctx, self._gates[plugin.name], timed=True)(module)
+                    _Hook(plugin, method, ctx, self._gates[plugin.name])(module)
 
     def _flush(self, plugins: list[HookPlugin], train: bool) -> None:
         """Combines the statistics over calls and processes; in training folds them into buffers; writes on logging steps."""
