@@ -45,8 +45,10 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return make
 
 
-def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300):
-    """Runs ``python <args>`` in a subprocess the way a user would, returning the CompletedProcess."""
+def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300, env: dict[str, str] | None = None):
+    """Runs ``python <args>`` in a subprocess the way a user would, returning the CompletedProcess; ``env`` adds variables."""
+    import os
     import subprocess
 
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=environment)

@@ -1,4 +1,4 @@
-"""The plugin written in docs/writing-plugins.md works as the page says."""
+"""The code of the docs runs as the pages say: the plugin of docs/writing-plugins.md, the README's plain loop."""
 
 import re
 import types
@@ -8,7 +8,9 @@ import yaml
 
 from test_session import fit
 
-PAGE = (Path(__file__).resolve().parents[1] / "docs" / "writing-plugins.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = (ROOT / "docs" / "writing-plugins.md").read_text()
+README = (ROOT / "README.md").read_text()
 
 
 def test_the_documented_plugin_trains_logs_and_keeps_its_buffer():
@@ -22,3 +24,17 @@ def test_the_documented_plugin_trains_logs_and_keeps_its_buffer():
     task, _ = fit([plugin], steps=3)
     largest = task.state_dict()["plugin_state.output_norm.largest"]
     assert largest.shape == (2,) and (largest > 0).all()
+
+
+def test_the_readme_plain_loop_runs_plugins_and_writes_tensorboard(tmp_path, monkeypatch):
+    from test_train import read_events
+
+    source = re.search(r"## Plugins in your own loop.*?```python\n(.*?)```", README, re.S).group(1)
+    assert len(source.strip().splitlines()) <= 15
+    monkeypatch.chdir(tmp_path)  # runs/plain is relative
+    exec(compile(source, "README.md", "exec"), {})
+    events = read_events(tmp_path / "runs" / "plain")
+    for layer in ("fc1", "head"):  # the MLP's layers with parameters
+        assert [event.step for event in events.Scalars(f"grad_logger/grad_norm/{layer}")] == [0, 5, 10, 15]
+    assert "grad_logger/grad/fc1" in events.Tags()["histograms"]
+    assert "custom_scalars__config__" in events.Tags()["tensors"]

@@ -235,3 +235,156 @@ def test_an_exception_in_update_names_the_plugin():
 
     with pytest.raises(PluginHookError, match=r"plugin 'broken' failed at step 0 in its update: KeyError: 'missing'"):
         fit([BrokenUpdate(name="broken", targets=["head"])])
+
+
+class SharedLayer(nn.Module):
+    """One Linear called twice per forward, reachable as ``first`` and as ``again`` (the tutorials' FixedHiddenMLP)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Linear(4, 4)
+        self.again = self.first
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.again(torch.relu(self.first(x))))
+
+
+class EveryReduction(HookPlugin):
+    """Records each call's largest |output| under every reduction, and a histogram; keeps what update got (test only)."""
+
+    def forward(self, ctx, module, args, output):
+        for reduce in ("mean", "sum", "max", "min"):
+            ctx.record(reduce, output.detach().abs().max(), reduce=reduce)
+        ctx.record_histogram("output", output)
+
+    def update(self, state, stats):
+        self.stats = stats
+        return {}
+
+
+def test_a_shared_module_is_handled_per_call_and_combined_as_each_statistic_says(tmp_path):
+    torch.manual_seed(0)
+    model, x = SharedLayer(), torch.randn(3, 4)
+    plugin = EveryReduction(name="every", targets=["again"])  # the second name selects it too
+    with HookSession(model, [plugin]) as session, session.step(0):
+        model(x).sum().backward()
+        histogram = session._stats["every"].histograms[("output", 0)]
+    assert [ctx.module_name for _, ctx in session._contexts["every"]] == ["first"]  # listed once, under its first name
+    first = model.first(x).detach()
+    second = model.first(torch.relu(first)).detach()
+    a, b = first.abs().max(), second.abs().max()
+    torch.testing.assert_close(plugin.stats["mean"], ((a + b) / 2).reshape(1))
+    torch.testing.assert_close(plugin.stats["sum"], (a + b).reshape(1))
+    torch.testing.assert_close(plugin.stats["max"], torch.maximum(a, b).reshape(1))
+    torch.testing.assert_close(plugin.stats["min"], torch.minimum(a, b).reshape(1))
+    both = torch.cat([first.flatten(), second.flatten()])  # the histogram merges both calls
+    torch.testing.assert_close(histogram[:5], torch.stack([both.min(), both.max(), torch.tensor(24.0), both.sum(), both.square().sum()]))
+    assert histogram[5:].sum() == 24
+    assert "first (also again)  x2  every: forward" in session.hook_map()
+
+
+def test_merged_histogram_buckets_stay_within_a_bucket_width_of_the_exact_one():
+    from hooktrain.stats import histogram_summary, merge_histograms
+
+    torch.manual_seed(0)
+    a, b = torch.randn(5000), torch.randn(5000) * 3 + 2
+    merged, exact = merge_histograms(histogram_summary(a), histogram_summary(b)), histogram_summary(torch.cat([a, b]))
+    torch.testing.assert_close(merged[:5], exact[:5])
+    assert merged[5:].sum() == 10000
+    # Each value moves by at most one bucket, so the earth mover's distance (in buckets) is at most the count.
+    moved = (merged[5:].cumsum(0) - exact[5:].cumsum(0)).abs().sum()
+    assert moved <= 10000
+
+
+def test_a_reduction_must_be_known_and_the_same_on_every_call():
+    stats = StepStats(num_modules=1, plugin_name="p")
+    with pytest.raises(HooktrainError, match=r"plugin 'p' recorded 'x' with reduce='median'; use one of \['mean', 'sum', 'max', 'min'\]"):
+        stats.add("x", 0, torch.ones(()), reduce="median")
+    stats.add("x", 0, torch.ones(()), reduce="sum")
+    with pytest.raises(HooktrainError, match=r"recorded 'x' with reduce='max' after reduce='sum'"):
+        stats.add("x", 0, torch.ones(()), reduce="max")
+
+
+class PhaseRecorder(StepRecorder):
+    """StepRecorder that also keeps the phases its hooks ran in and counts its updates (test only)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.phases_seen, self.updates = set(), 0
+
+    def forward(self, ctx, module, args, output):
+        self.phases_seen.add(ctx.phase)
+        super().forward(ctx, module, args, output)
+
+    def update(self, state, stats):
+        self.updates += 1
+        return {}
+
+
+def fit_with_validation(plugins, tmp_path):
+    task = ClassifierTask(MLP(in_features=16, hidden_sizes=[8], num_classes=3), optimizer=partial(torch.optim.SGD, lr=0.1))
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=2, limit_train_batches=3, limit_val_batches=2, num_sanity_val_steps=0,
+        logger=pl.loggers.TensorBoardLogger(tmp_path, name="", version=""), enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[HookCallback(plugins)],
+    )
+    trainer.fit(task, datamodule=SyntheticDataModule(num_samples=256, num_classes=3, image_size=4, batch_size=8))
+    from test_train import read_events
+
+    return read_events(tmp_path)
+
+
+def test_observers_run_in_training_only_unless_given_other_phases(tmp_path):
+    default = PhaseRecorder(name="default", targets=["head"])
+    evaluating = PhaseRecorder(name="evaluating", targets=["head"], phases=["validate"])
+    events = fit_with_validation([default, evaluating], tmp_path)
+    assert default.phases == ("train",) and default.phases_seen == {"train"} and default.updates == 6
+    assert evaluating.phases_seen == {"validate"} and evaluating.updates == 0  # evaluation leaves buffers alone
+    assert [e.step for e in events.Scalars("evaluating/validate/output_mean/head")] == [2, 5]  # once per validation, after steps 0-2 and 3-5
+    assert "default/output_mean/head" in events.Tags()["scalars"]
+    assert not any(tag.startswith("default/validate") for tag in events.Tags()["scalars"])
+
+
+def test_phases_must_be_known():
+    with pytest.raises(HooktrainError, match=r"`plugins.p.phases` must be a non-empty list of \['train', 'validate', 'test', 'predict'\], got \['eval'\]"):
+        HookPlugin(name="p", phases=["eval"])
+
+
+class PlainTask(pl.LightningModule):
+    """A LightningModule that is not ClassifierTask and has no ``model`` attribute: the session hooks the module itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_any_lightning_module_keeps_plugin_state_across_a_resume_with_other_plugins(tmp_path):
+    from plugins.grad_logger import GradLogger
+    from plugins.nan_guard import NanGuard
+    from plugins.weight_stats import WeightStats
+
+    data = SyntheticDataModule(num_samples=256, num_classes=3, image_size=4, batch_size=8)
+
+    def fit_plain(plugins, steps, ckpt_path=None):
+        task = PlainTask()
+        trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, limit_val_batches=0, callbacks=[HookCallback(plugins)])
+        trainer.fit(task, datamodule=data, ckpt_path=ckpt_path)
+        trainer.save_checkpoint(tmp_path / "last.ckpt")
+        return task
+
+    first = fit_plain([GradLogger(name="grad_logger", every_n_steps=1), WeightStats(name="weight_stats")], steps=3)
+    assert [name for name, _ in first.named_modules() if name.startswith("plugin_state.")] == ["plugin_state.grad_logger", "plugin_state.weight_stats"]
+    resumed = fit_plain([GradLogger(name="grad_logger", every_n_steps=1), NanGuard(name="nan_guard")], steps=5, ckpt_path=tmp_path / "last.ckpt")
+    assert resumed.plugin_state.grad_logger.updates.item() == 5  # 3 restored + 2 new
+    assert resumed.plugin_state.nan_guard.checked_steps.item() == 2  # new in this run: fresh, then counting
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
+    assert not any(key.startswith("plugin_state.weight_stats") for key in saved)  # dropped with a warning

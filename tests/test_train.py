@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from conftest import PLUGINS, every_plugin, run_cli
-from hooktrain import HookPlugin, HooktrainError, PluginHookError, train
+from hooktrain import HookCallback, HookPlugin, HooktrainError, PluginHookError, train
 from hooktrain.errors import NonFiniteError
 from hooktrain.config import trainer_schema
 from hooktrain.models import LeNet
@@ -87,10 +87,17 @@ def test_a_nan_loss_stops_the_run_naming_the_step(make_cfg):
 
 
 class RaisingPlugin(HookPlugin):
-    """Fails in its forward hook from step 9 on (a plugin bug in the middle of a run)."""
+    """Fails in its forward hook from step ``fail_at`` on (a plugin bug in the middle of a run); keeps its modules."""
+
+    def __init__(self, fail_at: int = 9, **kwargs):
+        super().__init__(**kwargs)
+        self.fail_at, self.modules = fail_at, {}
+
+    def setup(self, state, modules):
+        self.modules = modules
 
     def forward(self, ctx, module, args, output):
-        if ctx.step >= 9:
+        if ctx.step >= self.fail_at:
             raise RuntimeError("boom")
 
 
@@ -103,6 +110,31 @@ def test_a_plugin_error_stops_the_run_and_leaves_the_last_checkpoint_intact(make
         train(make_cfg("model=mlp", "trainer.max_epochs=4", f"ckpt_path={last}", *broken))
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["global_step"] == 8  # the epoch that ended before the error, whole
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_a_plugin_error_reads_as_one_sentence_on_the_command_line(tmp_path):
+    broken = ["+plugins.broken._target_=test_train.RaisingPlugin", "+plugins.broken.targets=[fc1]", "+plugins.broken.fail_at=3"]
+    result = run_cli("train.py", "model=mlp", "trainer.max_epochs=1", *broken, f"hydra.run.dir={tmp_path}", env={"PYTHONPATH": "tests"})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: plugin 'broken' failed at step 3 in its forward hook on module 'fc1': RuntimeError: boom"
+    full = run_cli("train.py", "model=mlp", "trainer.max_epochs=1", *broken, f"hydra.run.dir={tmp_path}", env={"PYTHONPATH": "tests", "HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and "Traceback" in full.stderr  # the whole story, when asked for
+
+
+def test_every_hook_is_removed_after_a_plugin_error(make_cfg):
+    plugin = RaisingPlugin(name="broken", fail_at=2, targets=["fc1", "head"])
+    from hooktrain.run import build_run
+
+    run = build_run(make_cfg("model=mlp"))
+    run.trainer.callbacks.append(HookCallback([plugin]))
+    with pytest.raises(PluginHookError, match="at step 2"):
+        run.trainer.fit(run.task, datamodule=run.datamodule)
+    assert set(plugin.modules) == {"fc1", "head"}
+    for module in plugin.modules.values():
+        assert not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks)
 
 
 def test_trainer_schema_covers_every_plain_trainer_argument(make_cfg):

@@ -172,7 +172,7 @@ class HookSession:
         self._active: set[str] = set()
         self._step_open = False
         self._layout_written = False
-        self._hook_map_shown = False
+        self._first_calls: dict[int, int] | None = None  # each hooked module's calls in the first step or phase written
         for plugin in self.plugins:
             plugin.info = self.info
 
@@ -367,8 +367,8 @@ class HookSession:
             if not train or plugin.is_logging(self.info.step):
                 logged += [(plugin.name, stat, values, stats.recorded(stat)) for stat, values in combined.items()]
                 logged += [(plugin.name, stat, values, [True] * (len(values) if values.dim() else 1)) for stat, values in extra.items()]
-        if not self._hook_map_shown:
-            self._hook_map_shown = True
+        if self._first_calls is None:
+            self._first_calls = self._call_counts()
             if _is_writer():
                 log.info("hook map (module, its calls in this first %s, plugin: hooks):\n%s", "step" if train else "phase", self.hook_map())
         writing = [plugin for plugin in plugins if not train or plugin.is_logging(self.info.step)]
@@ -432,12 +432,16 @@ class HookSession:
     def _tag(self, plugin_name: str, stat: str, index: int) -> str:
         return f"{plugin_name}/{stat}/{self._contexts[plugin_name][index][1].module_name}"
 
-    def hook_map(self) -> str:
-        """Which plugin hooks which module, in the model's order; ``xN``: the module's calls since the step or phase began."""
+    def _call_counts(self) -> dict[int, int]:
         calls: dict[int, int] = {}
         for hooks in self._hooks.values():
             for module, hook in hooks:
                 calls[id(module)] = max(calls.get(id(module), 0), hook.calls)
+        return calls
+
+    def hook_map(self) -> str:
+        """Which plugin hooks which module, in the model's order; ``xN``: the module's calls in the first step (or phase) written."""
+        calls = self._first_calls if self._first_calls is not None else self._call_counts()
         entries: dict[int, list[str]] = {}
         for plugin in self.plugins:
             kinds = ", ".join(plugin.hook_kinds() + [method for method in _STEP_METHODS if plugin.overrides(method)]) or "update only"
