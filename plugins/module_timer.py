@@ -22,6 +22,8 @@ class ModuleTimer(HookPlugin):
         **kwargs: ``every_n_steps``, ``targets``, ``types``, ``log_every_n_steps`` of :class:`HookPlugin`.
     """
 
+    deterministic_state = False  # wall-clock times
+
     def __init__(self, synchronize: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.synchronize = bool(synchronize)

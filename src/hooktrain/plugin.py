@@ -138,6 +138,9 @@ class HookPlugin:
     say it cannot (the run then says that ``model.pt`` alone does not reproduce the tested model).
     """
 
+    deterministic_state: bool = True
+    """False when the buffers hold measurements that differ between identical runs (wall-clock times): exact-resume checks skip them."""
+
     acts_when_idle: bool = False
     """True when the plugin's effect runs at every forward even on its idle steps (pruning's masks, applied by torch)."""
 
