@@ -6,6 +6,9 @@ from pathlib import Path
 
 import yaml
 
+import torch
+
+from hooktrain.models import MLP
 from test_session import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,10 +23,14 @@ def test_the_documented_plugin_trains_logs_and_keeps_its_buffer():
     settings = yaml.safe_load(re.search(r"```yaml\n(.*?)```", PAGE, re.S).group(1))["output_norm"]
     assert settings.pop("_target_") == "plugins.output_norm.OutputNorm"
 
-    plugin = module.OutputNorm(name="output_norm", **{**settings, "every_n_steps": 2})
-    task, _ = fit([plugin], steps=3)
-    largest = task.state_dict()["plugin_state.output_norm.largest"]
-    assert largest.shape == (2,) and (largest > 0).all()
+    plugin = module.OutputNorm(name="output_norm", **{**settings, "every_n_steps": 1, "scale": 2.0})
+    model = MLP(in_features=16, hidden_sizes=[8], num_classes=3)
+    seen = {"fc1": [], "head": []}  # a plain reference hook: every output norm of every step
+    for name in seen:
+        getattr(model, name).register_forward_hook(lambda m, a, output, name=name: seen[name].append(output.detach().norm()))
+    task, _ = fit([plugin], steps=3, model=model)
+    expected = torch.stack([2.0 * torch.stack(seen[name]).max() for name in ("fc1", "head")])
+    torch.testing.assert_close(task.state_dict()["plugin_state.output_norm.largest"], expected)
 
 
 def test_the_readme_plain_loop_runs_plugins_and_writes_tensorboard(tmp_path, monkeypatch):

@@ -51,6 +51,12 @@ def test_the_kit_names_a_plugin_that_reads_the_host_in_a_hook(tmp_path):
         testing.check_no_host_sync("reads", tmp_path / "run", conf)
 
 
+def test_the_kit_takes_a_plugin_class_as_well(tmp_path):
+    testing.check_exact_resume(Observer, tmp_path, ROOT / "conf")  # as plugins.observer
+    with pytest.raises(AssertionError, match=r"plugin 'reads_on_the_host' reads tensors on the host inside its hooks"):
+        testing.check_no_host_sync(ReadsOnTheHost, tmp_path / "sync", ROOT / "conf")
+
+
 def test_the_kit_names_hooks_left_on_the_model(tmp_path, monkeypatch):
     conf = with_plugin(tmp_path, "plain", Observer)
     monkeypatch.setattr("hooktrain.session.HookSession.detach", lambda self, plugin: None)  # a session that forgets its handles

@@ -2,7 +2,7 @@
 
 from hooktrain.config import register_configs
 from hooktrain.engines.lightning import HookCallback
-from hooktrain.errors import HooktrainError, PluginHookError
+from hooktrain.errors import HooktrainError, PluginHookError, check_in_range, check_positive, check_positive_int
 from hooktrain.plugin import HookContext, HookPlugin
 from hooktrain.registry import check_plugin_overrides
 from hooktrain.run import run, train
@@ -13,5 +13,5 @@ register_configs()
 
 __all__ = [
     "CSVWriter", "HookCallback", "HookContext", "HookPlugin", "HookSession", "HooktrainError", "PluginHookError",
-    "TensorBoardWriter", "Writer", "check_plugin_overrides", "run", "train",
+    "TensorBoardWriter", "Writer", "check_in_range", "check_plugin_overrides", "check_positive", "check_positive_int", "run", "train",
 ]

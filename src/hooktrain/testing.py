@@ -5,7 +5,7 @@ In a test file of your project::
     from hooktrain.testing import check_plugin
 
     def test_output_norm_passes_the_kit(tmp_path):
-        check_plugin("output_norm", tmp_path)        # conf/plugins/output_norm.yaml
+        check_plugin("output_norm", tmp_path)        # conf/plugins/output_norm.yaml, or the class: check_plugin(OutputNorm, tmp_path)
 
 Each check runs the main job's config (``model=mlp``, the digits, a few steps) with the plugin
 acting on every step, and raises ``AssertionError`` with a sentence when the plugin breaks a
@@ -19,6 +19,7 @@ promise that hooktrain makes to its users:
 """
 
 import inspect
+import re
 import sys
 import warnings
 from collections import Counter
@@ -51,31 +52,53 @@ _SESSION_CODE = tuple(str(_PACKAGE / part) for part in ("session.py", "stats.py"
 _HOOK_CODE = (_Hook._call.__code__, _OutputGradHook._register.__code__)
 
 
-def check_plugin(name: str, work_dir: Path, config_dir: Path = Path("conf"), overrides: Sequence[str] = (), ddp: bool = True) -> None:
-    """Every check below for the plugin ``<config_dir>/plugins/<name>.yaml``, with ``overrides`` added (e.g. its targets)."""
-    check_hooks_removed(name, work_dir / "hooks", config_dir, overrides)
-    check_state_round_trip(name, work_dir / "state", config_dir, overrides)
-    check_exact_resume(name, work_dir / "resume", config_dir, overrides)
-    check_no_host_sync(name, work_dir / "sync", config_dir, overrides)
+Plugin = str | type  # the name of a config in conf/plugins, or a HookPlugin subclass importable from the project root
+
+
+def check_plugin(plugin: Plugin, work_dir: Path, config_dir: Path = Path("conf"), overrides: Sequence[str] = (), ddp: bool = True) -> None:
+    """Every check below for ``plugin``, with ``overrides`` added (e.g. ``plugins.<name>.targets=[fc1]``)."""
+    check_hooks_removed(plugin, work_dir / "hooks", config_dir, overrides)
+    check_state_round_trip(plugin, work_dir / "state", config_dir, overrides)
+    check_exact_resume(plugin, work_dir / "resume", config_dir, overrides)
+    check_no_host_sync(plugin, work_dir / "sync", config_dir, overrides)
     if ddp:
-        check_ranks_agree([name], work_dir / "ddp", config_dir, overrides)
+        check_ranks_agree([plugin], work_dir / "ddp", config_dir, overrides)
 
 
-def plugin_config(names: Sequence[str], out_dir: Path, config_dir: Path, overrides: Sequence[str] = (), every_n_steps: int = 1) -> DictConfig:
-    """The train config, small, with the plugins acting every ``every_n_steps`` steps and their ``example_settings``."""
-    cadence = [f"++plugins.{name}.{key}={every_n_steps}" for name in names for key in ("every_n_steps", "log_every_n_steps")]
+def plugin_selection(plugins: Sequence[Plugin], config_dir: Path, every_n_steps: int = 1) -> tuple[list[str], list[type], list[str]]:
+    """The plugins' names, classes, and the overrides that select them acting every ``every_n_steps`` steps with their
+    ``example_settings``: a config by ``plugins=[name]``, a class by ``+plugins.<snake_case name>._target_``."""
+    configured = [plugin for plugin in plugins if isinstance(plugin, str)]
+    names, classes, overrides = [], [], example_overrides(Path(config_dir), configured)
+    for plugin in plugins:
+        if isinstance(plugin, str):
+            names.append(plugin)
+            classes.append(plugin_class(Path(config_dir), plugin))
+            continue
+        name = re.sub(r"(?<!^)(?=[A-Z])", "_", plugin.__name__).lower()
+        names.append(name)
+        classes.append(plugin)
+        overrides += [f"+plugins.{name}._target_={plugin.__module__}.{plugin.__qualname__}"]
+        overrides += [f"++plugins.{name}.{key}={value}" for key, value in plugin.example_settings.items()]
+    overrides += [f"++plugins.{name}.{key}={every_n_steps}" for name in names for key in ("every_n_steps", "log_every_n_steps")]
+    return names, classes, overrides
+
+
+def plugin_config(plugin: Plugin, out_dir: Path, config_dir: Path, overrides: Sequence[str] = (), every_n_steps: int = 1) -> DictConfig:
+    """The train config, small, with the plugin acting every ``every_n_steps`` steps."""
+    _, _, selection = plugin_selection([plugin], config_dir, every_n_steps)
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
-        return compose("train", overrides=[*SMALL, *example_overrides(Path(config_dir), list(names)), *cadence,
-                                           f"paths.output_dir={out_dir}", *overrides])
+        return compose("train", overrides=[*SMALL, *selection, f"paths.output_dir={out_dir}", *overrides])
 
 
-def check_hooks_removed(name: str, work_dir: Path, config_dir: Path = Path("conf"), overrides: Sequence[str] = ()) -> None:
+def check_hooks_removed(plugin: Plugin, work_dir: Path, config_dir: Path = Path("conf"), overrides: Sequence[str] = ()) -> None:
     """After a fit, and after an exception in the middle of a step, the model holds none of the session's hooks."""
-    run = build_run(plugin_config([name], work_dir / "fit", config_dir, overrides))
+    (name,), _, _ = plugin_selection([plugin], config_dir)
+    run = build_run(plugin_config(plugin, work_dir / "fit", config_dir, overrides))
     run.trainer.fit(run.task, datamodule=run.datamodule)
     _assert_no_session_hook(run.task, f"plugin {name!r}: after a fit")
 
-    run = build_run(plugin_config([name], work_dir / "error", config_dir, overrides))
+    run = build_run(plugin_config(plugin, work_dir / "error", config_dir, overrides))
     run.trainer.callbacks.append(_FailMidStep(at_step=1))
     try:
         run.trainer.fit(run.task, datamodule=run.datamodule)
@@ -86,9 +109,10 @@ def check_hooks_removed(name: str, work_dir: Path, config_dir: Path = Path("conf
     _assert_no_session_hook(run.task, f"plugin {name!r}: after an error at step 1")
 
 
-def check_state_round_trip(name: str, work_dir: Path, config_dir: Path = Path("conf"), overrides: Sequence[str] = ()) -> None:
+def check_state_round_trip(plugin: Plugin, work_dir: Path, config_dir: Path = Path("conf"), overrides: Sequence[str] = ()) -> None:
     """The plugin's buffers after a fit are those of ``last.ckpt``, and they load back into a fresh run's session."""
-    cfg = plugin_config([name], work_dir, config_dir, overrides)
+    (name,), _, _ = plugin_selection([plugin], config_dir)
+    cfg = plugin_config(plugin, work_dir, config_dir, overrides)
     run = build_run(cfg)
     run.trainer.fit(run.task, datamodule=run.datamodule)
     trained = _plugin_buffers(run.task, name)
@@ -102,20 +126,21 @@ def check_state_round_trip(name: str, work_dir: Path, config_dir: Path = Path("c
     _assert_equal(_plugin_buffers(fresh.task, name), trained, f"plugin {name!r}: a fresh run loading last.ckpt")
 
 
-def check_exact_resume(name: str, work_dir: Path, config_dir: Path = Path("conf"), overrides: Sequence[str] = ()) -> None:
+def check_exact_resume(plugin: Plugin, work_dir: Path, config_dir: Path = Path("conf"), overrides: Sequence[str] = ()) -> None:
     """A 2-epoch run straight, and one stopped after its first epoch then resumed from ``last.ckpt``, end with identical
     weights, optimizer state and buffers (deterministic kernels).
 
     Buffers of a plugin whose class says ``deterministic_state = False`` (wall-clock times) are left out.
     """
+    (name,), (cls,), _ = plugin_selection([plugin], config_dir)
     two_epochs = [*overrides, "trainer.max_epochs=2"]
-    straight = _fit(plugin_config([name], work_dir / "straight", config_dir, two_epochs))
-    _fit(plugin_config([name], work_dir / "resumed", config_dir, two_epochs), stop_after_epoch=0)
+    straight = _fit(plugin_config(plugin, work_dir / "straight", config_dir, two_epochs))
+    _fit(plugin_config(plugin, work_dir / "resumed", config_dir, two_epochs), stop_after_epoch=0)
     last = work_dir / "resumed" / "checkpoints" / "last.ckpt"
     with warnings.catch_warnings():  # resuming in place is the point here
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-        resumed = _fit(plugin_config([name], work_dir / "resumed", config_dir, [*two_epochs, f"ckpt_path={last}"]))
-    skip = () if plugin_class(Path(config_dir), name).deterministic_state else (f"plugin_state.{name}.",)
+        resumed = _fit(plugin_config(plugin, work_dir / "resumed", config_dir, [*two_epochs, f"ckpt_path={last}"]))
+    skip = () if cls.deterministic_state else (f"plugin_state.{name}.",)
     _assert_equal(
         {key: value for key, value in resumed.state_dict().items() if not key.startswith(skip)},
         {key: value for key, value in straight.state_dict().items() if not key.startswith(skip)},
@@ -127,14 +152,15 @@ def check_exact_resume(name: str, work_dir: Path, config_dir: Path = Path("conf"
     _assert_equal(flat[1], flat[0], f"plugin {name!r}: the optimizer state after resuming against straight")
 
 
-def check_no_host_sync(name: str, work_dir: Path, config_dir: Path = Path("conf"), overrides: Sequence[str] = ()) -> None:
+def check_no_host_sync(plugin: Plugin, work_dir: Path, config_dir: Path = Path("conf"), overrides: Sequence[str] = ()) -> None:
     """No host read (``item``, ``tolist``, ``cpu``, ``numpy``, ``float()``, ``int()``, ``bool()``) inside the plugin's hooks on
     any step, and none from hooktrain or the plugin at all on its idle steps (active every 3rd step here).
 
     On a CPU these reads cost nothing, but on a GPU each one waits for the device: the calls are counted, wherever they run.
     """
-    run = build_run(plugin_config([name], work_dir, config_dir, [*overrides, "trainer.limit_train_batches=7"], every_n_steps=3))
-    watched = (*_SESSION_CODE, inspect.getfile(plugin_class(Path(config_dir), name)))
+    (name,), (cls,), _ = plugin_selection([plugin], config_dir)
+    run = build_run(plugin_config(plugin, work_dir, config_dir, [*overrides, "trainer.limit_train_batches=7"], every_n_steps=3))
+    watched = (*_SESSION_CODE, inspect.getfile(cls))
     with _counting_host_reads(watched) as reads:
         run.trainer.callbacks.insert(0, reads.step_tracker)
         run.trainer.fit(run.task, datamodule=run.datamodule)
@@ -147,14 +173,14 @@ def check_no_host_sync(name: str, work_dir: Path, config_dir: Path = Path("conf"
         raise AssertionError(f"plugin {name!r}: host reads on idle steps: {idle} ((step, method): calls); idle steps must cost nothing")
 
 
-def check_ranks_agree(names: Sequence[str], work_dir: Path, config_dir: Path = Path("conf"), overrides: Sequence[str] = ()) -> None:
+def check_ranks_agree(plugins: Sequence[Plugin], work_dir: Path, config_dir: Path = Path("conf"), overrides: Sequence[str] = ()) -> None:
     """A 2-process DDP fit on the CPU (gloo, Lightning's launcher): at every step's start, each rank's plugin buffers are equal."""
     import subprocess
 
-    cadence = [f"++plugins.{name}.{key}=1" for name in names for key in ("every_n_steps", "log_every_n_steps")]
+    names, _, selection = plugin_selection(plugins, config_dir)
     command = [
         sys.executable, "train.py", *SMALL, "trainer.limit_train_batches=6", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-        *example_overrides(Path(config_dir), list(names)), *cadence, "+callbacks.rank_state._target_=hooktrain.testing.SaveRankState",
+        *selection, "+callbacks.rank_state._target_=hooktrain.testing.SaveRankState",
         f"+callbacks.rank_state.dirpath={work_dir}", f"hydra.run.dir={work_dir}", *overrides,
     ]
     root = Path(config_dir).resolve().parent
