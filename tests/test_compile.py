@@ -101,3 +101,25 @@ def test_a_plugin_with_full_backward_hooks_is_refused_under_compile(make_cfg):
 def test_compile_takes_a_backend_name_only(make_cfg):
     with pytest.raises(HooktrainError, match=r"`compile` must be true, false or a torch.compile backend \(.*inductor.*\), got 'fast'"):
         train(make_cfg("compile=fast"))
+
+
+def test_a_compiled_run_keeps_steering_in_the_final_test(make_cfg):
+    ablate = ["plugins=[ablate]", "plugins.ablate.targets=[classifier.fc2]", "plugins.ablate.phases=[test]", "compile=aot_eager"]
+    torch._dynamo.reset()
+    metrics = train(make_cfg(*ablate, "trainer.limit_test_batches=null"))
+    assert metrics["test/acc"] < 0.15  # fc2 silenced in the test that follows the fit's teardown: one class for every image
+
+
+def test_output_grad_registration_runs_eagerly_only_under_compile():
+    from torch import nn
+
+    from hooktrain import HookSession
+    from plugins.grad_logger import GradLogger
+
+    for compiled in (False, True):
+        model = nn.Sequential(nn.Linear(2, 2))
+        session = HookSession(model, [GradLogger(name="g")], compiled=compiled).setup()
+        session.attach(session.plugins[0])
+        (hook,) = model[0]._forward_hooks.values()
+        assert (hook._run != hook._register) is compiled  # torch.compiler.disable wraps it under compile only
+        session.close()

@@ -388,3 +388,26 @@ def test_any_lightning_module_keeps_plugin_state_across_a_resume_with_other_plug
     assert resumed.plugin_state.nan_guard.checked_steps.item() == 2  # new in this run: fresh, then counting
     saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
     assert not any(key.startswith("plugin_state.weight_stats") for key in saved)  # dropped with a warning
+
+
+def test_a_plain_loop_writes_csv_rows_and_an_evaluation_phase(tmp_path):
+    import csv
+
+    from hooktrain import CSVWriter
+
+    torch.manual_seed(0)
+    model = MLP(in_features=16, hidden_sizes=[8], num_classes=3)
+    plugin = StepRecorder(name="rec", every_n_steps=2, targets=["head"], phases=["train", "test"])
+    x = torch.randn(4, 1, 4, 4)
+    with HookSession(model, [plugin], writers=[CSVWriter(tmp_path / "stats.csv")]) as session:
+        for step in range(3):
+            with session.step(step):
+                model(x).sum().backward()
+        with session.evaluating("test"), torch.no_grad():
+            expected_test = torch.stack([model(x).mean(), model(x * 2).mean()]).mean()
+    rows = list(csv.DictReader((tmp_path / "stats.csv").open()))
+    tags = [(row["step"], row["tag"]) for row in rows]
+    assert ("0", "rec/output_mean/head") in tags and ("2", "rec/output_mean/head") in tags and ("1", "rec/output_mean/head") not in tags
+    test_row = next(row for row in rows if row["tag"] == "rec/test/output_mean/head")
+    assert test_row["step"] == "2" and float(test_row["value"]) == pytest.approx(expected_test.item(), rel=1e-6)
+    assert plugin.calls[-2:] == [(2, "head"), (2, "head")]  # the test batches ran the hook, at the last step trained

@@ -46,7 +46,7 @@ class _Hook:
     """
 
     def __init__(self, plugin: HookPlugin, kind: str, ctx: HookContext, gate: _Gate, compiled: bool = False) -> None:
-        self.plugin, self.kind, self.ctx, self.gate = plugin, kind, ctx, gate
+        self.plugin, self.kind, self.ctx, self.gate, self.compiled = plugin, kind, ctx, gate, compiled
         self.calls = 0  # the module's forward calls seen (for the hook map)
         self._run = _eager(self._call) if compiled else self._call
 
@@ -103,7 +103,7 @@ for _code in (_Hook.__call__.__code__, _OutputGradHook.__call__.__code__):
 
 
 def _register_output_grad_hook(module: nn.Module, hook: _Hook) -> RemovableHandle:
-    return module.register_forward_hook(_OutputGradHook(hook, compiled=hook._run is not hook._call))
+    return module.register_forward_hook(_OutputGradHook(hook, compiled=hook.compiled))
 
 
 _REGISTER = {
@@ -205,7 +205,8 @@ class HookSession:
         return self
 
     def close(self) -> None:
-        """Removes every hook of every plugin and flushes the writers; the session can be set up no more."""
+        """Removes every hook of every plugin and flushes the writers; a later step or phase attaches them again
+        (the Trainer tests after its fit's teardown)."""
         self.detach_all()
         self._active.clear()
         self._step_open = False
@@ -221,7 +222,9 @@ class HookSession:
     # Attaching and detaching.
 
     def attach(self, plugin: HookPlugin) -> None:
-        """Registers the plugin's hooks on its modules; all or nothing."""
+        """Registers the plugin's hooks on its modules, all or nothing; attached already, it does nothing."""
+        if self.is_attached(plugin):
+            return
         handles = []
         try:
             for module, hook in self._hooks[plugin.name]:
@@ -326,7 +329,9 @@ class HookSession:
                 self._active.add(plugin.name)
             else:
                 self._active.discard(plugin.name)
-            if self.compiled:
+            if self.compiled:  # attached for good (again after close: dynamo then recompiles once), gated
+                if active and not self.is_attached(plugin):
+                    self.attach(plugin)
                 self._gates[plugin.name].open = active
             elif active != self.is_attached(plugin):
                 self.attach(plugin) if active else self.detach(plugin)
