@@ -411,3 +411,18 @@ def test_a_plain_loop_writes_csv_rows_and_an_evaluation_phase(tmp_path):
     test_row = next(row for row in rows if row["tag"] == "rec/test/output_mean/head")
     assert test_row["step"] == "2" and float(test_row["value"]) == pytest.approx(expected_test.item(), rel=1e-6)
     assert plugin.calls[-2:] == [(2, "head"), (2, "head")]  # the test batches ran the hook, at the last step trained
+
+
+def test_the_core_imports_no_lightning():
+    """session, plugin, stats, select and writers import no Lightning at module level: the session runs in any loop."""
+    import ast
+    from pathlib import Path
+
+    import hooktrain
+
+    package = Path(hooktrain.__file__).parent
+    for name in ("session.py", "plugin.py", "stats.py", "select.py", "writers.py"):
+        tree = ast.parse((package / name).read_text())
+        imported = [alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names]
+        imported += [node.module for node in tree.body if isinstance(node, ast.ImportFrom)]
+        assert not [module for module in imported if module.split(".")[0] in ("lightning", "pytorch_lightning")], name
