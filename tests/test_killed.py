@@ -20,10 +20,16 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     last = tmp_path / "checkpoints" / "last.ckpt"
     process = subprocess.Popen([sys.executable, *ARGS, f"hydra.run.dir={tmp_path}"], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.5)  # well inside a later epoch
+    # Kill once last.ckpt has been written a second time (epoch >= 1 is on disk), polling rather than sleeping
+    # a fixed time, so a busy machine only makes the wait longer.
+    deadline, first_write = time.monotonic() + 240, None
+    while time.monotonic() < deadline and process.poll() is None:
+        if last.exists():
+            written = last.stat().st_mtime_ns
+            first_write = first_write or written
+            if written != first_write:
+                break
+        time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"

@@ -5,9 +5,11 @@ import io
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from hooktrain import HooktrainError, train
+from hooktrain.run import build_run
 from hooktrain.models import MLP
 from plugins.pruning import Pruning, cubic_sparsity
 from test_session import fit
@@ -122,3 +124,35 @@ def test_a_pruned_model_deep_copies_and_saves_between_steps():
     clone = copy.deepcopy(model)
     torch.save(model, io.BytesIO())
     torch.testing.assert_close(clone(torch.ones(1, 6)), model(torch.ones(1, 6)))
+
+
+class MaskHistory(Callback):
+    """Every selected layer's mask at the end of every training step of a real fit."""
+
+    def __init__(self):
+        self.masks = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.masks.append({name: m.weight_mask.clone() for name, m in pl_module.model.named_modules() if hasattr(m, "weight_mask")})
+
+
+@pytest.mark.parametrize("method", ["l1_unstructured", "random_unstructured", "ln_structured", "global_unstructured"])
+def test_masks_never_regrow_over_a_real_schedule(make_cfg, method):
+    # The main job's Adam with weight decay keeps moving pruned entries of weight_orig: a mask recomputed from them could regrow.
+    run = build_run(make_cfg("model=mlp", "plugins=[pruning]", f"plugins.pruning.method={method}", "plugins.pruning.amount=0.8",
+                             "plugins.pruning.start=0", "plugins.pruning.end=60", "plugins.pruning.every_n_steps=2",
+                             "trainer.max_epochs=2", "trainer.limit_train_batches=null"))
+    history = MaskHistory()
+    run.trainer.callbacks.append(history)
+    run.trainer.fit(run.task, datamodule=run.datamodule)
+    assert len(history.masks) == 80
+    for before, after in zip(history.masks, history.masks[1:]):
+        for name in before:
+            assert (after[name] <= before[name]).all(), f"{method}: a pruned weight of {name} came back"
+    final = history.masks[-1]
+    sparsity = 1 - sum(mask.sum() for mask in final.values()) / sum(mask.numel() for mask in final.values())
+    if method == "ln_structured":  # whole rows: round(0.8 * rows) of each layer (fc1: 6 of 8 rows of 16, head: 2 of 3 rows of 8)
+        expected = sum(round(0.8 * mask.shape[0]) * mask.shape[1] for mask in final.values()) / sum(m.numel() for m in final.values())
+    else:
+        expected = 0.8
+    assert sparsity.item() == pytest.approx(expected, abs=0.01)
