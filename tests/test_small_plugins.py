@@ -91,3 +91,12 @@ def test_nan_guard_leaves_overflowing_fp16_gradients_to_the_grad_scaler():
 def test_nan_guard_is_silent_on_healthy_steps():
     task, _ = fit([NanGuard(name="nan_guard")], steps=4)
     assert task.plugin_state.nan_guard.checked_steps.item() == 4
+
+
+def test_nan_guard_names_the_module_on_a_logging_step_too(make_cfg):
+    from hooktrain.run import build_run
+
+    run = build_run(make_cfg("model=mlp", "plugins=[nan_guard]", "trainer.log_every_n_steps=1"))  # every step logs the loss
+    run.trainer.callbacks.insert(0, Poison())
+    with pytest.raises(NonFiniteError, match=r"nan_guard: at step 2, the output of module 'fc1' is not finite"):
+        run.trainer.fit(run.task, datamodule=run.datamodule)

@@ -42,20 +42,30 @@ class ClassifierTask(pl.LightningModule):
         self._train_sums.add_(torch.stack([loss.detach() * len(y), correct]))
         self._train_count += len(y)
         if self.global_step % self.trainer.log_every_n_steps == 0:
-            loss_value, accuracy = torch.stack([loss.detach(), correct / len(y)]).tolist()  # the one host sync, on logging steps only
-            if not math.isfinite(loss_value):
-                raise NonFiniteError(
-                    f"the training loss is {loss_value} at step {self.global_step}; plugins=[nan_guard] names the first "
-                    "module that went non-finite; a lower task.optimizer.lr or plugins=[grad_clip] often helps"
-                )
-            if self.trainer.is_global_zero:
-                for logger in self.loggers:
-                    logger.log_metrics({"train/loss": loss_value, "train/acc": accuracy}, step=self.global_step)
+            self._to_log = (self.global_step, torch.stack([loss.detach(), correct / len(y)]))
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Logs and checks the loss of a logging step, after the callbacks' batch end: a plugin such as
+        nan_guard, which names the module that went non-finite, speaks before this coarser check."""
+        if self._to_log is None:
+            return
+        step, values = self._to_log
+        self._to_log = None
+        loss_value, accuracy = values.tolist()  # the one host sync, on logging steps only
+        if not math.isfinite(loss_value):
+            raise NonFiniteError(
+                f"the training loss is {loss_value} at step {step}; plugins=[nan_guard] names the first "
+                "module that went non-finite; a lower task.optimizer.lr or plugins=[grad_clip] often helps"
+            )
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics({"train/loss": loss_value, "train/acc": accuracy}, step=step)
 
     def on_train_epoch_start(self) -> None:
         self._train_sums = torch.zeros(2, device=self.device)  # loss * samples, correct samples
         self._train_count = 0
+        self._to_log: tuple[int, Tensor] | None = None  # (step, [loss, accuracy]) of a logging step, read at its batch end
 
     def on_train_epoch_end(self) -> None:
         loss_sum, correct = self._train_sums / max(self._train_count, 1)
