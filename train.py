@@ -15,5 +15,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    hooktrain.check_plugin_overrides(sys.argv[1:], config_dir=Path(__file__).parent / "conf")
+    hooktrain.check_command_line(sys.argv[1:], config_dir=Path(__file__).parent / "conf")
     main()

@@ -79,8 +79,14 @@ class Pruning(HookPlugin):
 
     def setup(self, state: nn.Module, modules: dict[str, nn.Module]) -> None:
         for name, module in modules.items():
-            if not isinstance(getattr(module, self.parameter, None), Tensor):
+            weight = getattr(module, self.parameter, None)
+            if not isinstance(weight, Tensor):
                 raise HooktrainError(f"`{self.field('parameter')}`: module {name!r} ({type(module).__name__}) has no tensor {self.parameter!r}")
+            if self.method == "ln_structured" and not -weight.dim() <= self.dim < weight.dim():
+                raise HooktrainError(
+                    f"`{self.field('dim')}`: module {name!r} has a {weight.dim()}-dimensional {self.parameter} {tuple(weight.shape)}, "
+                    f"so dim must be in [{-weight.dim()}, {weight.dim() - 1}], got {self.dim}"
+                )
             if not hasattr(module, f"{self.parameter}_mask"):
                 prune.identity(module, self.parameter)
             self._refresh(module)

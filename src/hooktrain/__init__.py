@@ -1,5 +1,6 @@
 """hooktrain: see and steer what happens inside a PyTorch model while it trains, through module hooks."""
 
+from hooktrain.cli import check_command_line
 from hooktrain.config import register_configs
 from hooktrain.engines.lightning import HookCallback
 from hooktrain.errors import HooktrainError, PluginHookError, check_in_range, check_positive, check_positive_int
@@ -13,5 +14,5 @@ register_configs()
 
 __all__ = [
     "CSVWriter", "HookCallback", "HookContext", "HookPlugin", "HookSession", "HooktrainError", "PluginHookError",
-    "TensorBoardWriter", "Writer", "check_in_range", "check_plugin_overrides", "check_positive", "check_positive_int", "run", "train",
+    "TensorBoardWriter", "Writer", "check_command_line", "check_in_range", "check_plugin_overrides", "check_positive", "check_positive_int", "run", "train",
 ]

@@ -1,5 +1,6 @@
 """Config nodes to objects through hydra.utils.instantiate, with failures turned into one sentence."""
 
+import re
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -8,18 +9,21 @@ from omegaconf import DictConfig
 
 from hooktrain.errors import HooktrainError
 from hooktrain.plugin import HookPlugin
+from hooktrain.validate import check_arguments
 
 
 def build(node: DictConfig, field: str, **kwargs: Any) -> Any:
-    """``instantiate(node, **kwargs)``; a failure becomes a HooktrainError naming ``field``."""
+    """``instantiate(node, **kwargs)`` after checking the node against its target's signature; a failure becomes
+    a HooktrainError naming ``field``."""
+    check_arguments(node, field)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as error:
         cause: BaseException | None = error
         while cause is not None and not isinstance(cause, HooktrainError):
             cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
+        if cause is not None:  # the object's own check, which knows its argument but not its place in the config
+            raise HooktrainError(re.sub(r"^`(\w+)`", lambda m: f"`{field}.{m[1]}`" if m[1] in node else m[0], str(cause))) from None
         root = error
         while root.__cause__ is not None:
             root = root.__cause__

@@ -47,7 +47,11 @@ def check_plugin_overrides(args: list[str], config_dir: Path) -> None:
         if override.key_or_group != "plugins" or override.is_delete():
             continue
         value = override.value()
-        for name in value if isinstance(value, list) else [value]:
+        listed = value if isinstance(value, list) else [value]
+        twice = sorted({name for name in listed if listed.count(name) > 1})
+        if twice:
+            raise SystemExit(f"error: `{override.input_line}` lists {', '.join(twice)} more than once; list each plugin once")
+        for name in listed:
             if name not in known:
                 raise SystemExit(
                     f"error: unknown plugin {name!r} in `{override.input_line}`; available plugins: {', '.join(known)} "

@@ -15,7 +15,9 @@ from torch import nn
 from hooktrain.build import build, build_plugins
 from hooktrain.engines.lightning import HookCallback
 from hooktrain.errors import HooktrainError, PluginHookError, check_positive
-from hooktrain.export import save_atomic
+from hooktrain.export import AtomicCheckpointIO, save_atomic
+from hooktrain.rundir import run_directory
+from hooktrain.validate import check_arguments
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +51,25 @@ def build_run(cfg: DictConfig) -> Run:
     Raises:
         HooktrainError: a config value is wrong; the message names the field.
     """
+    check_run_settings(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, "data")
     model, compiled = uncompiled(build(cfg.model, "model"), check_compile(cfg.get("compile", False)))
     check_model_takes_data(model, datamodule)
     task = build(cfg.task, "task", model=model)
     check_optimizer(task)
+    check_monitored_metrics(cfg.get("callbacks"), task)
     plugins = build_plugins(cfg.get("plugins"))
     callbacks = [build(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items()]
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar it was told not to show
         callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
     logger = build(cfg.logger, "logger")
-    hooks = HookCallback(plugins, compiled=bool(compiled)) if plugins else None  # without plugins Lightning would still call it every step
+    # Set up now, so a plugin refusing its modules stops the run before training. Without plugins, no callback:
+    # Lightning would still call it on every step.
+    hooks = HookCallback(plugins, compiled=bool(compiled), model=model) if plugins else None
     if hooks:
         callbacks.append(hooks)
-    trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
+    trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
     if compiled:  # in place: names and state_dict keys stay the model's own; traced at the first forward, after hooks are in place
         model.compile(**({"backend": compiled} if isinstance(compiled, str) else {}))
     return Run(trainer, task, datamodule, hooks)
@@ -79,9 +85,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         HooktrainError: a config value is wrong; raised before training starts.
     """
     run = build_run(cfg)
-    trainer, task = run.trainer, run.task
-    ckpt_path = check_checkpoint(cfg.get("ckpt_path"), task.model)
+    ckpt_path = check_checkpoint(cfg.get("ckpt_path"), run.task.model)
     output_dir = Path(cfg.paths.output_dir)
+    with run_directory(output_dir, resuming_from=ckpt_path):
+        return fit_test_export(cfg, run, ckpt_path, output_dir)
+
+
+def fit_test_export(cfg: DictConfig, run: Run, ckpt_path: str | None, output_dir: Path) -> dict[str, float]:
+    """The run itself, once everything is checked and the run directory is this run's."""
+    trainer, task = run.trainer, run.task
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
@@ -128,6 +140,11 @@ def check_compile(value: object) -> bool | str:
     raise HooktrainError(f"`compile` must be true, false or a torch.compile backend ({', '.join(backends)}), got {value!r}")
 
 
+def _weight_shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Each weight's shape, pruned or not: torch.nn.utils.prune keeps ``weight_orig`` and a ``weight_mask`` beside it."""
+    return {key.removesuffix("_orig"): tuple(value.shape) for key, value in state.items() if not key.endswith("_mask")}
+
+
 def uncompiled(model: nn.Module, compile: bool | str) -> tuple[nn.Module, bool | str]:
     """The model and whether to compile it: a model the config wrapped in ``torch.compile`` is unwrapped and compiled
     in place later (``Module.compile``), so its names and ``model.pt`` keys carry no ``_orig_mod.`` and hooks go in first."""
@@ -135,6 +152,32 @@ def uncompiled(model: nn.Module, compile: bool | str) -> tuple[nn.Module, bool |
     if isinstance(original, nn.Module):
         return original, True
     return model, compile
+
+
+def check_run_settings(cfg: DictConfig) -> None:
+    """The trainer's arguments first (other nodes interpolate them: the scheduler's ``T_max``), then the settings no
+    signature types: the seed, Lightning's logging interval, CPU processes against cores."""
+    check_arguments(cfg.trainer, "trainer")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise HooktrainError(f"`seed` must be an integer, got {cfg.seed!r}")
+    interval = cfg.trainer.get("log_every_n_steps")
+    if interval is not None and (not isinstance(interval, int) or interval < 1):
+        raise HooktrainError(f"`trainer.log_every_n_steps` must be an integer >= 1, got {interval!r}")
+    devices, cores = cfg.trainer.get("devices"), os.cpu_count() or 1
+    if cfg.trainer.get("accelerator") == "cpu" and isinstance(devices, int) and not isinstance(devices, bool) and devices > cores:
+        raise HooktrainError(
+            f"`trainer.devices`: {devices} CPU processes on a machine with {cores} cores would share them and run slower "
+            f"than {cores}; use trainer.devices={cores} or fewer"
+        )
+
+
+def check_monitored_metrics(callbacks: DictConfig | None, task: pl.LightningModule) -> None:
+    """A callback's ``monitor`` must be a metric the task logs (when the task says which: ``metric_names``)."""
+    names = getattr(task, "metric_names", None)
+    for name, node in (callbacks or {}).items():
+        monitor = node.get("monitor") if isinstance(node, DictConfig) else None
+        if names and monitor is not None and monitor not in names:
+            raise HooktrainError(f"`callbacks.{name}.monitor`: the task logs no metric {monitor!r}; it logs {', '.join(names)}")
 
 
 def check_model_takes_data(model: nn.Module, datamodule: pl.LightningDataModule) -> None:
@@ -183,12 +226,12 @@ def check_checkpoint(ckpt_path: str | None, model: nn.Module) -> str | None:
     try:
         saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
     except Exception as error:  # unpickling refused, truncated file, not a dict: all mean "not a checkpoint"
-        raise HooktrainError(f"`ckpt_path`: {ckpt_path!r} is not a Lightning checkpoint ({type(error).__name__}: {error})") from None
-    saved_shapes = {}
-    for key, value in saved.items():
-        if key.startswith("model.") and not key.endswith("_mask"):
-            saved_shapes[key.removeprefix("model.").removesuffix("_orig")] = tuple(value.shape)
-    own_shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+        raise HooktrainError(
+            f"`ckpt_path`: {ckpt_path!r} is not a Lightning checkpoint (torch.load cannot read it: {type(error).__name__}); "
+            "give the path of a .ckpt file, e.g. <run dir>/checkpoints/last.ckpt"
+        ) from None
+    saved_shapes = _weight_shapes({key.removeprefix("model."): value for key, value in saved.items() if key.startswith("model.")})
+    own_shapes = _weight_shapes(model.state_dict())
     if saved_shapes != own_shapes:
         differing = sorted(set(saved_shapes.items()) ^ set(own_shapes.items()))[:4]
         raise HooktrainError(

@@ -24,6 +24,8 @@ class ClassifierTask(pl.LightningModule):
         scheduler: builds a learning-rate scheduler from the optimizer, stepped once per epoch; optional.
     """
 
+    metric_names = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc")  # what a callback may monitor
+
     def __init__(self, model: nn.Module, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None) -> None:
         super().__init__()
         self.model = model

@@ -22,24 +22,28 @@ class HookCallback(Callback):
     Args:
         plugins: the plugins, with distinct names.
         compiled: the model runs under ``torch.compile`` (hooks attached once, gated per step).
+        model: the module to hook, when known before the fit: the session is set up at once, so a
+            selection or a plugin's setup fails before training starts. Otherwise at ``setup``.
 
     Raises:
-        HooktrainError: two plugins share a name, or a plugin cannot run compiled (at construction);
-            a selection matches nothing (at ``setup``).
+        HooktrainError: two plugins share a name, a plugin cannot run compiled, a selection matches
+            nothing, a plugin refuses its modules.
     """
 
-    def __init__(self, plugins: Sequence[HookPlugin], compiled: bool = False) -> None:
+    def __init__(self, plugins: Sequence[HookPlugin], compiled: bool = False, model: nn.Module | None = None) -> None:
         check_plugins(plugins, compiled)
         self.plugins, self.compiled = list(plugins), compiled
-        self.session: HookSession | None = None
+        self.session = HookSession(model, self.plugins, compiled=compiled).setup() if model is not None else None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Creates the session and the plugins' state before Lightning restores a checkpoint into it."""
-        if self.session is not None:
-            return
-        model = pl_module.model if isinstance(getattr(pl_module, "model", None), nn.Module) else pl_module
-        self.session = HookSession(model, self.plugins, writers_for(trainer.loggers), compiled=self.compiled).setup()
-        pl_module.plugin_state = self.session.state
+        """Registers the plugins' state on the LightningModule (before Lightning restores a checkpoint into it) and
+        the Trainer's loggers as the session's writers."""
+        if self.session is None:
+            model = pl_module.model if isinstance(getattr(pl_module, "model", None), nn.Module) else pl_module
+            self.session = HookSession(model, self.plugins, compiled=self.compiled).setup()
+        if getattr(pl_module, "plugin_state", None) is not self.session.state:
+            pl_module.plugin_state = self.session.state
+            self.session.writers = writers_for(trainer.loggers)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.session.info.total_steps = trainer.estimated_stepping_batches
