@@ -98,7 +98,7 @@ def test_bad_values_are_named():
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_pruned_run_checkpoints_masks_resumes_the_schedule_and_exports_sparse_weights(make_cfg, tmp_path):
     settings = ["model=mlp", "plugins=[pruning]", "plugins.pruning.amount=0.8", "plugins.pruning.every_n_steps=1",
-                "plugins.pruning.log_every_n_steps=1", "plugins.pruning.start=0", "plugins.pruning.end=6"]
+                "plugins.pruning.log_every_n_steps=1", "plugins.pruning.start=0", "plugins.pruning.end=6", "task.scheduler.T_max=2"]
     train(make_cfg(*settings))  # 4 steps of 8 over two epochs
     last = tmp_path / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=True)["state_dict"]

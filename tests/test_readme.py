@@ -20,6 +20,12 @@ def test_the_readme_states_the_collected_test_count():
     assert stated == count
 
 
+def test_the_readme_states_how_many_bad_inputs_are_tried():
+    from test_bad_inputs import CASES
+
+    assert f"`tests/test_bad_inputs.py` runs {len(CASES)}\nbad inputs" in README
+
+
 def test_every_tag_the_dashboards_table_names_is_written(make_cfg, tmp_path):
     table = README[README.index("## Dashboards") : README.index("A real run with every plugin")]
     named = {tag for tag in re.findall(r"`([a-z_*<>]+(?:/[a-z_*<>.]+)+)`", table)}

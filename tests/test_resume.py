@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hooktrain import train
+from hooktrain import HooktrainError, train
 from conftest import every_plugin
 
 # Wall-clock timings cannot repeat bit for bit; everything else must.
@@ -35,3 +35,21 @@ def test_straight_and_resumed_runs_are_bitwise_identical(make_cfg, tmp_path):
     for a, b in zip(straight["optimizer_states"][0]["state"].values(), resumed["optimizer_states"][0]["state"].values()):
         for name in a:
             assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_resuming_with_a_longer_schedule_stops_with_the_choice(make_cfg, tmp_path):
+    train(make_cfg("model=mlp", "trainer.max_epochs=1"))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(HooktrainError, match=r"`task.scheduler.T_max`: the checkpoint's learning-rate schedule ends at epoch 1 .* "
+                                             r"resume with trainer.max_epochs=1 to finish that run exactly"):
+        train(make_cfg("model=mlp", "trainer.max_epochs=3", f"ckpt_path={last}"))
+    train(make_cfg("model=mlp", "trainer.max_epochs=1", f"ckpt_path={last}"))  # the same schedule: resumes
+
+
+@pytest.mark.parametrize("saved_with,resumed_with", [(["plugins=[pruning]"], []), ([], ["plugins=[pruning]"])])
+def test_a_checkpoint_pruned_or_not_needs_the_same_pruning(make_cfg, tmp_path, saved_with, resumed_with):
+    train(make_cfg("model=mlp", *saved_with))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(HooktrainError, match=r"holds the same model in another form .* must be configured as it was"):
+        train(make_cfg("model=mlp", *resumed_with, f"ckpt_path={last}"))

@@ -64,11 +64,12 @@ def test_other_models_train_with_the_plugin_on_their_layers(make_cfg, tmp_path, 
 
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resuming in place
 def test_resume_restores_plugin_buffers_and_continues(make_cfg, tmp_path):
-    train(make_cfg("model=mlp", "plugins=[grad_logger]", "plugins.grad_logger.every_n_steps=1"))
+    train(make_cfg("model=mlp", "plugins=[grad_logger]", "plugins.grad_logger.every_n_steps=1", "task.scheduler.T_max=2"))  # extendable
     last = tmp_path / "checkpoints" / "last.ckpt"
     before = torch.load(last, weights_only=True)
     assert before["global_step"] == 4
-    train(make_cfg("model=mlp", "plugins=[grad_logger]", "plugins.grad_logger.every_n_steps=1", "trainer.max_epochs=2", f"ckpt_path={last}"))
+    train(make_cfg("model=mlp", "plugins=[grad_logger]", "plugins.grad_logger.every_n_steps=1", "task.scheduler.T_max=2", "trainer.max_epochs=2",
+                   f"ckpt_path={last}"))
     after = torch.load(last, weights_only=True)
     assert after["global_step"] == 8
     assert after["state_dict"]["plugin_state.grad_logger.updates"].item() == 8  # 4 restored + 4 new
@@ -104,10 +105,10 @@ class RaisingPlugin(HookPlugin):
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_a_plugin_error_stops_the_run_and_leaves_the_last_checkpoint_intact(make_cfg, tmp_path):
     last = tmp_path / "checkpoints" / "last.ckpt"
-    train(make_cfg("model=mlp", "trainer.max_epochs=2"))  # steps 0-7; the resumed run fails in its first epoch
+    train(make_cfg("model=mlp", "trainer.max_epochs=2", "task.scheduler.T_max=4"))  # steps 0-7; the resumed run fails in its first epoch
     broken = ["+plugins.broken._target_=test_train.RaisingPlugin", "+plugins.broken.targets=[fc1]"]
     with pytest.raises(PluginHookError, match=r"plugin 'broken' failed at step 9 in its forward hook on module 'fc1': RuntimeError: boom"):
-        train(make_cfg("model=mlp", "trainer.max_epochs=4", f"ckpt_path={last}", *broken))
+        train(make_cfg("model=mlp", "trainer.max_epochs=4", "task.scheduler.T_max=4", f"ckpt_path={last}", *broken))
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["global_step"] == 8  # the epoch that ended before the error, whole
 

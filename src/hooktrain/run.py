@@ -85,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         HooktrainError: a config value is wrong; raised before training starts.
     """
     run = build_run(cfg)
-    ckpt_path = check_checkpoint(cfg.get("ckpt_path"), run.task.model)
+    ckpt_path = check_checkpoint(cfg.get("ckpt_path"), run.task.model, cfg.task.get("scheduler"))
     output_dir = Path(cfg.paths.output_dir)
     with run_directory(output_dir, resuming_from=ckpt_path):
         return fit_test_export(cfg, run, ckpt_path, output_dir)
@@ -217,25 +217,48 @@ def check_optimizer(task: pl.LightningModule) -> None:
         check_positive("task.optimizer.lr", group.get("lr"))
 
 
-def check_checkpoint(ckpt_path: str | None, model: nn.Module) -> str | None:
-    """A resume checkpoint must exist, be a Lightning checkpoint, and hold this model's tensors (pruned or not)."""
+def check_checkpoint(ckpt_path: str | None, model: nn.Module, scheduler: DictConfig | None = None) -> str | None:
+    """A resume checkpoint must exist, be a Lightning checkpoint, hold this model's tensors in the same form (pruned
+    or not), and have the learning-rate schedule this config asks for (Lightning restores the saved one as it is)."""
     if ckpt_path is None or ckpt_path in ("last", "best"):
         return ckpt_path
     if not Path(ckpt_path).is_file():
         raise HooktrainError(f"`ckpt_path`: no checkpoint file at {ckpt_path!r}; give the path of a .ckpt file, e.g. <run dir>/checkpoints/last.ckpt")
     try:
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        saved = checkpoint["state_dict"]
     except Exception as error:  # unpickling refused, truncated file, not a dict: all mean "not a checkpoint"
         raise HooktrainError(
             f"`ckpt_path`: {ckpt_path!r} is not a Lightning checkpoint (torch.load cannot read it: {type(error).__name__}); "
             "give the path of a .ckpt file, e.g. <run dir>/checkpoints/last.ckpt"
         ) from None
-    saved_shapes = _weight_shapes({key.removeprefix("model."): value for key, value in saved.items() if key.startswith("model.")})
-    own_shapes = _weight_shapes(model.state_dict())
+    saved_model = {key.removeprefix("model."): value for key, value in saved.items() if key.startswith("model.")}
+    own_model = model.state_dict()
+    saved_shapes, own_shapes = _weight_shapes(saved_model), _weight_shapes(own_model)
     if saved_shapes != own_shapes:
         differing = sorted(set(saved_shapes.items()) ^ set(own_shapes.items()))[:4]
         raise HooktrainError(
             f"`ckpt_path`: {ckpt_path!r} holds another model (differing tensors: {differing}); "
             "resume with the model config it was trained with"
         )
+    if saved_model.keys() != own_model.keys():
+        only_saved, only_own = sorted(saved_model.keys() - own_model.keys()), sorted(own_model.keys() - saved_model.keys())
+        raise HooktrainError(
+            f"`ckpt_path`: {ckpt_path!r} holds the same model in another form (only in the checkpoint: {only_saved[:4]}; "
+            f"only in this run: {only_own[:4]}); a plugin that reshapes parameters (pruning keeps weight_orig and "
+            "weight_mask) must be configured as it was when the checkpoint was saved"
+        )
+    check_schedule(checkpoint.get("lr_schedulers") or [], scheduler)
     return ckpt_path
+
+
+def check_schedule(saved: list[dict], scheduler: DictConfig | None) -> None:
+    """Resuming restores the saved scheduler, ``T_max`` included: a config asking for another one is stopped, not ignored."""
+    wanted = scheduler.get("T_max") if isinstance(scheduler, DictConfig) else None
+    had = saved[0].get("T_max") if saved and isinstance(saved[0], dict) else None
+    if wanted is not None and had is not None and wanted != had:
+        raise HooktrainError(
+            f"`task.scheduler.T_max`: the checkpoint's learning-rate schedule ends at epoch {had} and Lightning restores it "
+            f"as saved, so this run's T_max={wanted} (it follows trainer.max_epochs) would not apply; resume with "
+            f"trainer.max_epochs={had} to finish that run exactly, or start a new run to train longer"
+        )
