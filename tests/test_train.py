@@ -227,3 +227,36 @@ def test_an_inplace_op_after_a_full_backward_hook_is_explained(make_cfg, monkeyp
     cfg = make_cfg("model=mlp", "plugins=[module_timer]", "plugins.module_timer.every_n_steps=1", "plugins.module_timer.targets=[fc1]")
     with pytest.raises(HooktrainError, match=r"a module's output is modified in place .* nn.ReLU\(inplace=True\)"):
         train(cfg)
+
+
+def hparams_of(log_dir: Path):
+    """The HParams plugin's experiment and session-start records of an event file."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    records = {}
+    for path in log_dir.glob("events.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag.startswith("_hparams_/"):
+                    records[value.tag] = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    return records["_hparams_/experiment"].experiment, records["_hparams_/session_start_info"].session_start_info
+
+
+def test_test_metrics_are_logged_once_at_the_last_step_and_hparams_name_the_run(make_cfg, tmp_path):
+    train(make_cfg("model=mlp", "plugins=[grad_logger]"))
+    events = read_events(tmp_path / "tensorboard")
+    assert [event.step for event in events.Scalars("test/acc")] == [4]  # once, at the fit's last step (was: again at 0)
+    assert [event.step for event in events.Scalars("val/acc_best")] == [4]
+    experiment, session = hparams_of(tmp_path / "tensorboard")
+    assert [info.name.tag for info in experiment.metric_infos] == ["val/acc_best", "test/acc", "test/loss"]
+    assert len(session.hparams) <= 25
+    assert session.hparams["model"].string_value == "MLP" and session.hparams["plugins"].string_value == "grad_logger"
+    assert session.hparams["lr"].number_value == pytest.approx(0.002)
+
+
+def test_run_settings_add_every_command_line_override_up_to_25(make_cfg):
+    from hooktrain.hparams import run_settings
+
+    settings = run_settings(make_cfg(), ["model=mlp", "task.optimizer.lr=0.01", "hydra.run.dir=x", *[f"+extra{i}=1" for i in range(30)]])
+    assert settings["model"] == "LeNet" and settings["task.optimizer.lr"] == "0.01" and "hydra.run.dir" not in settings
+    assert len(settings) == 25

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -16,8 +17,10 @@ from hooktrain.build import build, build_plugins
 from hooktrain.engines.lightning import HookCallback
 from hooktrain.errors import HooktrainError, PluginHookError, check_positive
 from hooktrain.export import AtomicCheckpointIO, save_atomic
+from hooktrain.hparams import run_settings
 from hooktrain.rundir import run_directory
 from hooktrain.validate import check_arguments
+from hooktrain.writers import TensorBoardWriter
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +114,7 @@ def fit_test_export(cfg: DictConfig, run: Run, ckpt_path: str | None, output_dir
     # schedule such as pruning's, the best validation epoch can predate the final sparsity.
     results = trainer.test(task, datamodule=run.datamodule, ckpt_path=None)
     metrics = results[0] if results else {}
-    hparams = OmegaConf.to_container(cfg, resolve=True)
-    hparams.pop("paths", None)
-    for logger in trainer.loggers:  # TensorBoard's HParams tab: runs side by side with their final metrics
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(hparams, metrics=metrics)
-        else:
-            logger.log_hyperparams(hparams)
+    log_run_summary(trainer, cfg)
 
     weights, not_in_weights = run.hooks.session.export_state_dict() if run.hooks else (task.model.state_dict(), [])
     if trainer.is_global_zero:
@@ -130,6 +127,23 @@ def fit_test_export(cfg: DictConfig, run: Run, ckpt_path: str | None, output_dir
                 ", ".join(repr(name) for name in not_in_weights),
             )
     return metrics
+
+
+def log_run_summary(trainer: pl.Trainer, cfg: DictConfig) -> None:
+    """The best validation accuracy as one scalar, and TensorBoard's HParams row: the run's settings against
+    ``val/acc_best``, ``test/acc`` and ``test/loss`` (the test metrics stay where the test logged them, once)."""
+    best = next((callback.best_model_score for callback in trainer.checkpoint_callbacks if callback.monitor == "val/acc"), None)
+    if not trainer.is_global_zero:
+        return
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    settings = run_settings(cfg, overrides)
+    for logger in trainer.loggers:
+        if best is not None:
+            logger.log_metrics({"val/acc_best": float(best)}, step=trainer.global_step)
+        if isinstance(logger, TensorBoardLogger):
+            TensorBoardWriter(summary_writer=logger.experiment).write_hparams(settings, ["val/acc_best", "test/acc", "test/loss"])
+        else:
+            logger.log_hyperparams(settings)
 
 
 def check_compile(value: object) -> bool | str:

@@ -66,6 +66,17 @@ class TensorBoardWriter(Writer):
     def write_layout(self, layout: dict[str, dict[str, list]]) -> None:
         self.experiment.add_custom_scalars(layout)
 
+    def write_hparams(self, settings: dict[str, object], metric_tags: list[str]) -> None:
+        """The HParams tab's row for this run: its settings, and the scalar tags whose last values are its metrics.
+
+        Lightning's ``log_hyperparams(params, metrics)`` logs the metrics a second time (at step 0 by
+        default); these summaries alone let TensorBoard read the metrics from the scalars already written.
+        """
+        from torch.utils.tensorboard.summary import hparams
+
+        for summary in hparams(settings, {tag: 0.0 for tag in metric_tags}):
+            self.experiment._get_file_writer().add_summary(summary)
+
     def flush(self) -> None:
         self.experiment.flush()
 
