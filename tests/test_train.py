@@ -38,6 +38,7 @@ def test_main_job_logs_grad_stats_checkpoints_buffers_and_exports_plain_weights(
             assert [event.step for event in events.Scalars(f"grad_logger/{stat}/{layer}")] == [0, 2]
         assert f"grad_logger/grad/{layer}" in histograms
     assert "test/acc" in scalars
+    assert [event.value for event in events.Scalars("lr-Adam")] == [pytest.approx(0.002)]  # the configured lr, epoch 0
     assert "custom_scalars__config__" in events.Tags()["tensors"]  # one chart per stat, a line per layer
     logged = events.Scalars("grad_logger/grad_norm/features.conv1")[-1].value
 
