@@ -9,7 +9,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import hooktrain  # noqa: F401  registers the trainer schema
-from hooktrain.registry import example_overrides, plugin_names
+from hooktrain.registry import plugin_names
+from hooktrain.testing import plugin_selection
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = plugin_names(ROOT / "conf")  # every plugin of conf/plugins: a file dropped there is in every test below
@@ -17,11 +18,7 @@ PLUGINS = plugin_names(ROOT / "conf")  # every plugin of conf/plugins: a file dr
 
 def every_plugin(every_n_steps: int = 1, log_every_n_steps: int = 2) -> list[str]:
     """Overrides that run every discovered plugin at this cadence, with the settings each needs (``example_settings``)."""
-    return [
-        *example_overrides(ROOT / "conf", PLUGINS),
-        *[f"++plugins.{name}.every_n_steps={every_n_steps}" for name in PLUGINS],
-        *[f"++plugins.{name}.log_every_n_steps={log_every_n_steps}" for name in PLUGINS],
-    ]
+    return plugin_selection(PLUGINS, ROOT / "conf", every_n_steps, log_every_n_steps)[2]
 
 FAST = [
     "trainer.max_epochs=1",

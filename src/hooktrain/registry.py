@@ -84,8 +84,13 @@ def example_overrides(config_dir: Path, names: list[str]) -> list[str]:
     """``plugins=[...]`` and each plugin's ``example_settings``: what runs them all on the built-in models."""
     overrides = [f"plugins=[{','.join(names)}]"] if names else []
     for name in names:
-        overrides += [f"++plugins.{name}.{key}={value}" for key, value in plugin_class(config_dir, name).example_settings.items()]
+        overrides += settings_overrides(name, plugin_class(config_dir, name).example_settings)
     return overrides
+
+
+def settings_overrides(name: str, settings: dict[str, object]) -> list[str]:
+    """``++plugins.<name>.<key>=<value>`` for each setting: added where the YAML lacks the key, replaced where it has it."""
+    return [f"++plugins.{name}.{key}={value}" for key, value in settings.items()]
 
 
 def _describe(path: Path) -> PluginInfo:

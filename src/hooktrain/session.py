@@ -353,6 +353,7 @@ class HookSession:
     def _flush(self, plugins: list[HookPlugin], train: bool) -> None:
         """Combines the statistics over calls and processes; in training folds them into buffers; writes on logging steps."""
         all_reduce = self._all_reduce or _default_all_reduce()
+        writing = [plugin for plugin in plugins if not train or plugin.is_logging(self.info.step)]
         logged: list[tuple[str, str, Tensor, list[bool]]] = []
         for plugin in plugins:
             stats = self._stats[plugin.name]
@@ -369,14 +370,13 @@ class HookSession:
                         f"plugin {plugin.name!r} failed at step {self.info.step} in its update: {type(error).__name__}: {error}"
                     ) from error
                 self.info.charge(plugin.name, start)
-            if not train or plugin.is_logging(self.info.step):
+            if plugin in writing:
                 logged += [(plugin.name, stat, values, stats.recorded(stat)) for stat, values in combined.items()]
                 logged += [(plugin.name, stat, values, [True] * (len(values) if values.dim() else 1)) for stat, values in extra.items()]
         if self._first_calls is None:
             self._first_calls = self._call_counts()
             if _is_writer():
                 log.info("hook map (module, its calls in this first %s, plugin: hooks):\n%s", "step" if train else "phase", self.hook_map())
-        writing = [plugin for plugin in plugins if not train or plugin.is_logging(self.info.step)]
         if writing and self.writers and _is_writer():
             self._write(writing, logged, train)
         self._clear()

@@ -37,7 +37,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 import hooktrain
-from hooktrain.registry import example_overrides, plugin_class
+from hooktrain.registry import example_overrides, plugin_class, settings_overrides
 from hooktrain.run import build_run
 from hooktrain.session import _Hook, _OutputGradHook
 
@@ -65,9 +65,12 @@ def check_plugin(plugin: Plugin, work_dir: Path, config_dir: Path = Path("conf")
         check_ranks_agree([plugin], work_dir / "ddp", config_dir, overrides)
 
 
-def plugin_selection(plugins: Sequence[Plugin], config_dir: Path, every_n_steps: int = 1) -> tuple[list[str], list[type], list[str]]:
-    """The plugins' names, classes, and the overrides that select them acting every ``every_n_steps`` steps with their
-    ``example_settings``: a config by ``plugins=[name]``, a class by ``+plugins.<snake_case name>._target_``."""
+def plugin_selection(
+    plugins: Sequence[Plugin], config_dir: Path, every_n_steps: int = 1, log_every_n_steps: int | None = None
+) -> tuple[list[str], list[type], list[str]]:
+    """The plugins' names, classes, and the overrides that select them acting every ``every_n_steps`` steps (logging
+    every ``log_every_n_steps``, by default as often) with their ``example_settings``: a config by ``plugins=[name]``,
+    a class by ``+plugins.<snake_case name>._target_``."""
     configured = [plugin for plugin in plugins if isinstance(plugin, str)]
     names, classes, overrides = [], [], example_overrides(Path(config_dir), configured)
     for plugin in plugins:
@@ -79,8 +82,10 @@ def plugin_selection(plugins: Sequence[Plugin], config_dir: Path, every_n_steps:
         names.append(name)
         classes.append(plugin)
         overrides += [f"+plugins.{name}._target_={plugin.__module__}.{plugin.__qualname__}"]
-        overrides += [f"++plugins.{name}.{key}={value}" for key, value in plugin.example_settings.items()]
-    overrides += [f"++plugins.{name}.{key}={every_n_steps}" for name in names for key in ("every_n_steps", "log_every_n_steps")]
+        overrides += settings_overrides(name, plugin.example_settings)
+    cadence = {"every_n_steps": every_n_steps, "log_every_n_steps": log_every_n_steps or every_n_steps}
+    for name in names:
+        overrides += settings_overrides(name, cadence)
     return names, classes, overrides
 
 
