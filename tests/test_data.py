@@ -1,7 +1,9 @@
 import pytest
 import torch
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from hooktrain.data import DigitsDataModule, SyntheticDataModule
+from hooktrain.data.tensors import BatchIndexedTensors
 from hooktrain.errors import HooktrainError
 
 
@@ -53,3 +55,37 @@ def test_synthetic_data_has_the_requested_shape():
 def test_bad_data_values_are_named(kwargs, message):
     with pytest.raises(HooktrainError, match=message):
         DigitsDataModule(**kwargs)
+
+
+def _per_sample_batches(loader):
+    """What PyTorch's default path yields for the same sampler: one ``__getitem__`` per sample, then a collate."""
+    dataset = TensorDataset(*loader.dataset.tensors)
+    return list(DataLoader(dataset, batch_size=loader.batch_size, sampler=loader.sampler))
+
+
+def test_a_batch_is_one_index_into_the_tensors_and_equals_per_sample_loading(monkeypatch):
+    data = DigitsDataModule(batch_size=64)
+    data.setup()
+    loader = data.train_dataloader()
+    expected = _per_sample_batches(loader)
+    monkeypatch.setattr(BatchIndexedTensors, "__getitem__", lambda *_: pytest.fail("indexed one sample at a time"))
+    loader.sampler.set_epoch(0)  # the same order again
+    batches = list(loader)
+    assert len(batches) == len(expected) == 20 and batches[-1][0].shape[0] == 1257 - 19 * 64
+    for (x, y), (x_expected, y_expected) in zip(batches, expected):
+        assert torch.equal(x, x_expected) and torch.equal(y, y_expected)
+
+
+def test_a_distributed_sampler_swapped_in_keeps_whole_batch_indexing(monkeypatch):
+    """Lightning and Fabric rebuild the loader around a DistributedSampler under DDP: each rank gets its shard, batched."""
+    from lightning.fabric.utilities.data import _update_dataloader
+
+    data = DigitsDataModule(batch_size=64)
+    data.setup()
+    monkeypatch.setattr(BatchIndexedTensors, "__getitem__", lambda *_: pytest.fail("indexed one sample at a time"))
+    shards = []
+    for rank in range(2):
+        sampler = DistributedSampler(data.splits["train"], num_replicas=2, rank=rank, shuffle=True, seed=0)
+        shards.append(torch.cat([y for _, y in _update_dataloader(data.train_dataloader(), sampler)]))
+    assert len(shards[0]) == len(shards[1]) == 629  # 1257 samples, one padded
+    assert torch.cat(shards).bincount().sum() == 1258
