@@ -68,7 +68,8 @@ class Ablate(HookPlugin):
         """``(1, units, 1, ...)``: True for the ablated units; made once per width and device (no copy per call)."""
         key = (output.shape[1], output.device)
         if key not in self._masks:
-            mask = torch.zeros(output.shape[1], dtype=torch.bool)
-            mask[self.units] = True
-            self._masks[key] = mask.to(output.device)
+            with torch.inference_mode(False):  # made during an evaluation, it is used by training's autograd later
+                mask = torch.zeros(output.shape[1], dtype=torch.bool)
+                mask[self.units] = True
+                self._masks[key] = mask.to(output.device)
         return self._masks[key].view(1, -1, *[1] * (output.dim() - 2))

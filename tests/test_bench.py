@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hooktrain.bench import check_goals, main, robust_step_time
+from hooktrain.bench import all_variants, check_goals, engine_and_plugins, main, robust_step_time
 
 from conftest import ROOT
 
@@ -19,18 +19,33 @@ def test_step_time_drops_a_random_stall_and_keeps_periodic_work():
 
 
 def test_goals_read_the_right_ratios():
-    def row(variant, vs_raw, vs_hooktrain, **extra):
-        return {"model": "m", "variant": variant, "vs_raw": vs_raw, "vs_hooktrain": vs_hooktrain, **extra}
+    def row(variant, vs_raw, vs_engine=None, **extra):
+        return {"model": "lenet", "variant": variant, "vs_raw": vs_raw, **({"vs_engine": vs_engine} if vs_engine else {}), **extra}
 
     rows = [
-        row("hooktrain", 0.95, 1.0, peak_mb=100.0),
-        row("hooktrain+idle", 0.94, 1.009),
-        row("hooktrain+logging", 0.88, 1.07, peak_mb=101.0),
-        row("hooktrain+all", 0.5, 1.9, peak_mb=106.0),
+        row("raw", 1.0), row("lightning", 0.80),
+        row("hooktrain", 0.85, 1.0, peak_mb=100.0), row("fabric", 0.96, 1.0),
+        row("hooktrain+idle", 0.84, 1.009), row("fabric+logging", 0.88, 1.07),
+        row("hooktrain+grad_clip", 0.8, 1.05), row("hooktrain+grad_logger", 0.7, 1.2),  # grad_logger only observes
+        row("fabric+all", 0.6, 1.3), row("hooktrain+all", 0.5, 1.9, peak_mb=106.0),
     ]
-    goals = check_goals(rows, ["m"])
-    assert [goal["value"] for goal in goals] == [1.009, 1.07, 0.95, 1.06]  # idle, logging, vs raw, memory
-    assert [goal["holds"] for goal in goals] == [True, False, True, False]
+    goals = {goal["goal"]: (goal["value"], goal["holds"]) for goal in check_goals(rows, ["lenet"], ["grad_logger"])}
+    assert goals == {
+        "Fabric engine without plugins >= 0.95x the raw loop's throughput": (0.96, True),
+        "Trainer engine without plugins ahead of plain Lightning (throughput vs raw)": (0.85, True),
+        "idle plugins cost <= 1% (hooktrain+idle / hooktrain)": (1.009, True),
+        "logging plugins at default cadence cost <= 5% (fabric+logging / fabric)": (1.07, False),
+        "a plugin acting on every step costs <= 8% (hooktrain+grad_clip / hooktrain)": (1.05, True),
+        "every plugin together costs <= 25% (hooktrain+all / hooktrain)": (1.9, False),
+        "every plugin together costs <= 25% (fabric+all / fabric)": (1.3, False),
+        "peak memory with all plugins within 5% (hooktrain+all / hooktrain)": (1.06, False),
+    }
+
+
+def test_a_variant_name_reads_as_engine_and_plugins():
+    assert engine_and_plugins("fabric+grad_clip") == ("fabric", "grad_clip")
+    assert engine_and_plugins("hooktrain") == ("hooktrain", None)
+    assert "fabric+idle" in all_variants(ROOT / "conf") and "hooktrain+pruning" in all_variants(ROOT / "conf")
 
 
 @pytest.mark.slow
@@ -39,9 +54,18 @@ def test_a_tiny_benchmark_times_every_variant_and_writes_json_and_markdown(tmp_p
           "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
     report = json.loads((tmp_path / "bench.json").read_text())
     variants = [row["variant"] for row in report["rows"]]
-    assert variants[:3] == ["raw", "lightning", "hooktrain"]
-    assert {"hooktrain+grad_logger", "hooktrain+logging", "hooktrain+all", "hooktrain+idle"} <= set(variants)
-    assert all(row["step_ms"] > 0 and len(row["run_means_ms"]) == 1 for row in report["rows"])
+    assert variants == all_variants(ROOT / "conf")
+    assert all(row["step_ms"] > 0 and len(row["run_means_ms"]) == 1 and len(row["other_load_cores"]) == 1 for row in report["rows"])
     assert [row["vs_raw"] for row in report["rows"]][0] == 1.0
-    assert len(report["goals"]) == 3  # no memory goal without --memory
+    assert not any("peak memory" in goal["goal"] for goal in report["goals"])  # no memory goal without --memory
     assert (tmp_path / "bench.md").read_text() in capsys.readouterr().out
+
+
+def test_variants_pick_what_is_timed_and_a_wrong_name_lists_the_choices(tmp_path, capsys):
+    main(["--models", "mlp", "--variants", "fabric", "--repeats", "1", "--steps", "2", "--warmup", "1", "--no-memory",
+          "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [row["variant"] for row in report["rows"]] == ["raw", "fabric"]  # raw always: every ratio is against it
+    with pytest.raises(SystemExit):
+        main(["--variants", "fabrik", "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
+    assert "unknown variant(s) fabrik; choose from: raw lightning hooktrain" in capsys.readouterr().err

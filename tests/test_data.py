@@ -60,7 +60,7 @@ def test_bad_data_values_are_named(kwargs, message):
 def _per_sample_batches(loader):
     """What PyTorch's default path yields for the same sampler: one ``__getitem__`` per sample, then a collate."""
     dataset = TensorDataset(*loader.dataset.tensors)
-    return list(DataLoader(dataset, batch_size=loader.batch_size, sampler=loader.sampler))
+    return list(DataLoader(dataset, batch_size=loader.batch_sampler.batch_size, sampler=loader.batch_sampler.sampler))
 
 
 def test_a_batch_is_one_index_into_the_tensors_and_equals_per_sample_loading(monkeypatch):
@@ -69,7 +69,7 @@ def test_a_batch_is_one_index_into_the_tensors_and_equals_per_sample_loading(mon
     loader = data.train_dataloader()
     expected = _per_sample_batches(loader)
     monkeypatch.setattr(BatchIndexedTensors, "__getitem__", lambda *_: pytest.fail("indexed one sample at a time"))
-    loader.sampler.set_epoch(0)  # the same order again
+    loader.batch_sampler.sampler.set_epoch(0)  # the same order again
     batches = list(loader)
     assert len(batches) == len(expected) == 20 and batches[-1][0].shape[0] == 1257 - 19 * 64
     for (x, y), (x_expected, y_expected) in zip(batches, expected):

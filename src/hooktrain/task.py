@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hooktrain.errors import NonFiniteError
+from hooktrain.metrics import EpochAccuracy
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -35,23 +36,25 @@ class ClassifierTask(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The training objective (both engines call it): cross-entropy."""
+        return F.cross_entropy(logits, targets)
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         logits = self.model(x)
-        loss = F.cross_entropy(logits, y)
-        correct = (logits.argmax(dim=1) == y).sum()
-        # Epoch sums stay on the device; `self.log` every step would cost more than a small model's step.
-        self._train_sums.add_(torch.stack([loss.detach() * len(y), correct]))
-        self._train_count += len(y)
+        loss = self.loss(logits, y)
+        # Epoch sums stay on the device, folded in batches; `self.log` every step would cost more than a small model's step.
+        self._epoch.add(loss, logits, y)
         if self.global_step % self.trainer.log_every_n_steps == 0:
-            self._to_log = (self.global_step, torch.stack([loss.detach(), correct / len(y)]))
+            self._to_log = (self.global_step, torch.stack([loss.detach(), (logits.argmax(dim=1) == y).float().mean()]))
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Logs and checks the loss of a logging step, after the callbacks' batch end: a plugin such as
         nan_guard, which names the module that went non-finite, speaks before this coarser check."""
-        if self._to_log is None:
-            return
+        if self._to_log is None or self.trainer.global_step == self._to_log[0]:
+            return  # nothing to log, or gradients still accumulating: the step's last micro-batch logs it, once
         step, values = self._to_log
         self._to_log = None
         loss_value, accuracy = values.tolist()  # the one host sync, on logging steps only
@@ -65,12 +68,11 @@ class ClassifierTask(pl.LightningModule):
                 logger.log_metrics({"train/loss": loss_value, "train/acc": accuracy}, step=step)
 
     def on_train_epoch_start(self) -> None:
-        self._train_sums = torch.zeros(2, device=self.device)  # loss * samples, correct samples
-        self._train_count = 0
+        self._epoch = EpochAccuracy(self.device)
         self._to_log: tuple[int, Tensor] | None = None  # (step, [loss, accuracy]) of a logging step, read at its batch end
 
     def on_train_epoch_end(self) -> None:
-        loss_sum, correct = self._train_sums / max(self._train_count, 1)
+        loss_sum, correct = self._epoch.totals() / max(self._epoch.count, 1)
         self.log_dict({"train/loss": loss_sum, "train/acc": correct}, sync_dist=True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -84,7 +86,7 @@ class ClassifierTask(pl.LightningModule):
         logits = self.model(x)
         accuracy = (logits.argmax(dim=1) == y).float().mean()
         self.log_dict(
-            {f"{stage}/loss": F.cross_entropy(logits, y), f"{stage}/acc": accuracy},
+            {f"{stage}/loss": self.loss(logits, y), f"{stage}/acc": accuracy},
             prog_bar=True, batch_size=len(y), sync_dist=True,
         )
 

@@ -36,14 +36,18 @@ class HookCallback(Callback):
         self.session = HookSession(model, self.plugins, compiled=compiled).setup() if model is not None else None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Registers the plugins' state on the LightningModule (before Lightning restores a checkpoint into it) and
-        the Trainer's loggers as the session's writers."""
+        self.attach_to(pl_module, trainer.loggers)
+
+    def attach_to(self, pl_module: pl.LightningModule, loggers: list[Any]) -> HookSession:
+        """Registers the plugins' state on the LightningModule (before a checkpoint is restored into it) and the
+        loggers (Lightning's or Fabric's) as the session's writers; the Fabric engine calls it too."""
         if self.session is None:
             model = pl_module.model if isinstance(getattr(pl_module, "model", None), nn.Module) else pl_module
             self.session = HookSession(model, self.plugins, compiled=self.compiled).setup()
         if getattr(pl_module, "plugin_state", None) is not self.session.state:
             pl_module.plugin_state = self.session.state
-            self.session.writers = writers_for(trainer.loggers)
+            self.session.writers = writers_for(loggers)
+        return self.session
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.session.info.total_steps = trainer.estimated_stepping_batches

@@ -1,0 +1,459 @@
+"""The Fabric engine (``trainer=fabric``): the main job as a plain loop on Lightning Fabric, at the raw loop's speed.
+
+The same config builds it: task, model, data, plugins, logger and the Trainer's own argument names
+(``trainer.max_epochs``, ``trainer.gradient_clip_val``, ``trainer.precision`` ...). It writes what the
+Trainer engine writes: the same metrics, TensorBoard events, ``checkpoints/last.ckpt`` and ``best.ckpt``
+(``state_dict`` with ``model.*`` and ``plugin_state.*``) and ``model.pt``. What it leaves out is the
+Trainer's per-step machinery: every callback hook, loop objects, result collections.
+"""
+
+import inspect
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric import Fabric
+from lightning.fabric.plugins import Precision
+from lightning.fabric.strategies import SingleDeviceStrategy
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from hooktrain.engines.lightning import HookCallback
+from hooktrain.errors import HooktrainError, NonFiniteError
+from hooktrain.metrics import EpochAccuracy
+from hooktrain.session import HookSession
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_find_unused_parameters_true")  # gradients whole on every rank
+
+
+class FabricTrainer:
+    """Fits, validates each epoch, checkpoints and tests a :class:`~hooktrain.task.ClassifierTask` with Fabric.
+
+    Takes the Lightning Trainer's arguments of the same name and meaning; a Trainer argument set to
+    anything but its default that this loop does not run is refused with one sentence, as is a
+    Lightning callback other than ModelCheckpoint, LearningRateMonitor and the progress bar.
+
+    Raises:
+        HooktrainError: an unsupported Trainer argument, strategy or callback.
+    """
+
+    def __init__(
+        self,
+        *,
+        accelerator: str = "auto",
+        strategy: str = "auto",
+        devices: list[int] | str | int = "auto",
+        num_nodes: int = 1,
+        precision: int | str | None = None,
+        logger: Any = None,
+        callbacks: list[Callback] | None = None,
+        plugins: list[Any] | None = None,
+        max_epochs: int | None = None,
+        max_steps: int = -1,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        check_val_every_n_epoch: int | None = 1,
+        num_sanity_val_steps: int | None = None,
+        log_every_n_steps: int | None = None,
+        enable_checkpointing: bool | None = None,
+        enable_progress_bar: bool | None = None,
+        enable_model_summary: bool | None = None,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: int | float | None = None,
+        gradient_clip_algorithm: Literal["norm", "value"] | None = None,
+        deterministic: bool | Literal["warn"] | None = None,
+        benchmark: bool | None = None,
+        inference_mode: bool = True,
+        use_distributed_sampler: bool = True,
+        sync_batchnorm: bool = False,
+        default_root_dir: str | Path | None = None,
+        **trainer_only: Any,
+    ) -> None:
+        _refuse_trainer_only(trainer_only)
+        if strategy not in STRATEGIES:
+            raise HooktrainError(
+                f"`strategy`: the Fabric engine runs {', '.join(STRATEGIES)}, got {strategy!r}; "
+                "use the Trainer (trainer=cpu or trainer=gpu) for sharded strategies"
+            )
+        self.hooks, self.checkpoints, self.lr_monitor, self.progress_refresh = _sort_callbacks(callbacks or [], enable_progress_bar)
+        if enable_checkpointing is False:
+            self.checkpoints = []
+        loggers = [] if logger is None or logger is False else list(logger) if isinstance(logger, (list, tuple)) else [logger]
+        self.fabric = Fabric(
+            accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes, precision=precision,
+            plugins=plugins, loggers=loggers,
+        )
+        self.max_epochs = 1000 if max_epochs is None and max_steps == -1 else max_epochs  # Lightning's default
+        self.max_steps = max_steps
+        self.limits = {"train": limit_train_batches, "val": limit_val_batches, "test": limit_test_batches}
+        self.check_val_every_n_epoch = check_val_every_n_epoch
+        self.num_sanity_val_steps = 2 if num_sanity_val_steps is None else num_sanity_val_steps
+        self.log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
+        self.enable_model_summary = enable_model_summary is not False
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.gradient_clip_val, self.gradient_clip_algorithm = gradient_clip_val, gradient_clip_algorithm or "norm"
+        self.inference_mode, self.use_distributed_sampler, self.sync_batchnorm = inference_mode, use_distributed_sampler, sync_batchnorm
+        _set_torch_flags(deterministic, benchmark)
+        self.global_step = 0
+        self.current_epoch = 0
+        self._launched = False
+        self._model: Any = None  # the task as Fabric set it up (on its device, wrapped for DDP), kept from fit to test
+
+    # What run.py reads, named as on the Trainer.
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.fabric.is_global_zero
+
+    @property
+    def loggers(self) -> list[Any]:
+        return self.fabric.loggers
+
+    @property
+    def checkpoint_callbacks(self) -> list[ModelCheckpoint]:
+        return self.checkpoints
+
+    # The run.
+
+    def fit(self, task: pl.LightningModule, datamodule: pl.LightningDataModule, ckpt_path: str | None = None) -> None:
+        """Trains for ``max_epochs`` (or ``max_steps``), validating each ``check_val_every_n_epoch`` and saving the checkpoints
+        at each epoch's end; ``ckpt_path`` resumes a checkpoint this engine wrote, from the epoch after it."""
+        _check_task(task)
+        self._launch()
+        datamodule.setup("fit")
+        session = self._session(task)
+        if self.sync_batchnorm:
+            task.model = nn.SyncBatchNorm.convert_sync_batchnorm(task.model)
+        optimizer, scheduler = _optimizer_and_scheduler(task.configure_optimizers())
+        model, optimizer = self.fabric.setup(task, optimizer)
+        self._model = model
+        train_loader, val_loader = self._loaders(datamodule.train_dataloader(), datamodule.val_dataloader())
+        resumed = self._restore(ckpt_path, model, optimizer, scheduler) if ckpt_path else None
+        if self.enable_model_summary and self.is_global_zero:
+            log.info("\n%s", pl.utilities.model_summary.summarize(task))
+        train_batches = _limit(self.limits["train"], len(train_loader))
+        steps_per_epoch = math.ceil(train_batches / self.accumulate_grad_batches)
+        if session is not None:
+            session.info.total_steps = min(
+                self.max_steps if self.max_steps >= 0 else math.inf, (self.max_epochs or math.inf) * steps_per_epoch
+            )
+            session.info.scaler = getattr(self.fabric.strategy.precision, "scaler", None)
+        val_batches = _limit(self.limits["val"], len(val_loader))
+        if self.num_sanity_val_steps and val_batches:
+            self._evaluate(model, task, val_loader, "validate", min(self.num_sanity_val_steps, val_batches), write=False)
+        if resumed is not None:
+            task.on_load_checkpoint(resumed)  # the random state last: the sanity check's loader drew a seed from it
+        try:
+            while not self._done():
+                if self.lr_monitor is not None:
+                    self.fabric.log_dict(_learning_rates(optimizer), step=self.global_step)
+                train_metrics = self._train_epoch(model, task, optimizer, train_loader, train_batches)
+                last_step = max(self.global_step - 1, 0)  # epoch metrics at the epoch's last step, where the Trainer puts them
+                self.fabric.log_dict(train_metrics, step=last_step)
+                metrics = dict(train_metrics)
+                if val_batches and self.check_val_every_n_epoch and (self.current_epoch + 1) % self.check_val_every_n_epoch == 0:
+                    val_metrics = self._evaluate(model, task, val_loader, "validate", val_batches)
+                    self.fabric.log_dict(val_metrics, step=last_step)
+                    metrics.update(val_metrics)
+                if scheduler is not None:
+                    scheduler.step()
+                self.current_epoch += 1
+                self._save_checkpoints(metrics, model, optimizer, scheduler, task)
+        finally:
+            if session is not None:
+                session.close()
+        for logger in self.loggers:
+            logger.save()
+
+    def test(self, task: pl.LightningModule, datamodule: pl.LightningDataModule, ckpt_path: str | None = None) -> list[dict[str, float]]:
+        """Tests the model as it is (``ckpt_path`` must be None) and logs ``test/loss`` and ``test/acc`` at the last step."""
+        if ckpt_path is not None:
+            raise HooktrainError("the Fabric engine tests the model it holds; load a checkpoint into it first")
+        _check_task(task)
+        self._launch()
+        datamodule.setup("test")
+        session = self._session(task)
+        model = self._model if self._model is not None and self._model.module is task else self.fabric.setup_module(task)
+        loader = self._loaders(datamodule.test_dataloader())
+        try:
+            metrics = self._evaluate(model, task, loader, "test", _limit(self.limits["test"], len(loader)))
+        finally:
+            if session is not None:
+                session.close()
+        self.fabric.log_dict(metrics, step=self.global_step)
+        if self.is_global_zero:
+            print("\n".join(f"{name:>12}  {value:.4f}" for name, value in metrics.items()))
+        for logger in self.loggers:
+            logger.finalize("success")
+        return [metrics]
+
+    # Inside.
+
+    def _launch(self) -> None:
+        """Starts the other processes of a DDP run (they run the same command; ``python train.py ...`` or torchrun) once."""
+        if not self._launched:
+            self.fabric.launch()
+            self._launched = True
+
+    def _loaders(self, *loaders: Any) -> Any:
+        """Fabric's loaders (a DistributedSampler under DDP); batches are moved to the device in the loop, not on the CPU."""
+        on_cpu = self.fabric.device.type == "cpu"
+        return self.fabric.setup_dataloaders(*loaders, use_distributed_sampler=self.use_distributed_sampler, move_to_device=not on_cpu)
+
+    def _plain(self) -> bool:
+        """One process at full precision: Fabric's module, backward and optimizer wrappers would do nothing but cost
+        Python calls on every step, so the loop calls the module, ``backward`` and the optimizer itself."""
+        return isinstance(self.fabric.strategy, SingleDeviceStrategy) and type(self.fabric.strategy.precision) is Precision
+
+    def _session(self, task: pl.LightningModule) -> HookSession | None:
+        """The plugins' HookSession, its state registered on the task (saved in ``state_dict``) and the loggers as its writers."""
+        return self.hooks.attach_to(task, self.loggers) if self.hooks is not None else None
+
+    def _done(self) -> bool:
+        return (self.max_steps >= 0 and self.global_step >= self.max_steps) or (
+            self.max_epochs is not None and self.current_epoch >= self.max_epochs
+        )
+
+    def _train_epoch(self, model: nn.Module, task: Any, optimizer: Any, loader: Any, batches: int) -> dict[str, float]:
+        """One epoch: forward, backward, the session's step boundaries, clipping, the optimizer; the loss read on logging steps only."""
+        fabric, session, accumulate = self.fabric, self.hooks.session if self.hooks else None, self.accumulate_grad_batches
+        scaler = session.info.active_scaler if session is not None else None
+        plain = self._plain()
+        forward, step_optimizer = (model.module, optimizer.optimizer) if plain else (model, optimizer)
+        device = None if fabric.device.type == "cpu" else fabric.device
+        model.train()
+        loader._num_iter_calls = self.current_epoch  # Fabric seeds the sampler's epoch with this count: a resumed run draws epoch N's order
+        epoch = EpochAccuracy(fabric.device)
+        bar = self._progress_bar(batches)
+        for batch_idx, (x, y) in enumerate(loader):
+            if batch_idx >= batches or (self.max_steps >= 0 and self.global_step >= self.max_steps):
+                break
+            if device is not None:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            steps_now = (batch_idx + 1) % accumulate == 0 or batch_idx + 1 == batches
+            if session is not None:
+                session.start_step(self.global_step)
+            if plain:
+                logits = forward(x)
+                loss = task.loss(logits, y)
+                (loss / accumulate if accumulate > 1 else loss).backward()
+            else:
+                with fabric.no_backward_sync(model, enabled=not steps_now), fabric.autocast():
+                    logits = forward(x)
+                    loss = task.loss(logits, y)
+                fabric.backward(loss / accumulate if accumulate > 1 else loss)
+            epoch.add(loss, logits, y)
+            if not steps_now:
+                continue
+            if scaler is not None:
+                scaler.unscale_(optimizer.optimizer)  # plugins and clipping see true gradients
+            if session is not None:
+                session.before_optimizer_step()
+            if self.gradient_clip_val:
+                self._clip(task)
+            step_optimizer.step()
+            step_optimizer.zero_grad(set_to_none=True)
+            step, self.global_step = self.global_step, self.global_step + 1
+            if session is not None:
+                session.finish_step()
+            if step % self.log_every_n_steps == 0:
+                self._log_step(step, loss, logits, y, bar)
+            if bar is not None and (batch_idx + 1) % self.progress_refresh == 0:
+                bar.update(self.progress_refresh)
+        if bar is not None:
+            bar.close()
+        loss_sum, correct, count = _all_sum(fabric, epoch.totals(), epoch.count)
+        return {"train/loss": loss_sum / max(count, 1), "train/acc": correct / max(count, 1)}
+
+    def _log_step(self, step: int, loss: Tensor, logits: Tensor, y: Tensor, bar: Any) -> None:
+        """The training loss and accuracy of a logging step: the one host sync of the step, as in the Trainer engine."""
+        loss_value, accuracy = torch.stack([loss.detach(), (logits.argmax(dim=1) == y).float().mean()]).tolist()
+        if not math.isfinite(loss_value):
+            raise NonFiniteError(
+                f"the training loss is {loss_value} at step {step}; plugins=[nan_guard] names the first "
+                "module that went non-finite; a lower task.optimizer.lr or plugins=[grad_clip] often helps"
+            )
+        self.fabric.log_dict({"train/loss": loss_value, "train/acc": accuracy}, step=step)
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+
+    def _clip(self, task: Any) -> None:
+        parameters = [p for p in task.parameters() if p.grad is not None]
+        if self.gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(parameters, self.gradient_clip_val, foreach=True)
+        else:
+            torch.nn.utils.clip_grad_norm_(parameters, self.gradient_clip_val, foreach=True)
+
+    def _evaluate(self, model: nn.Module, task: Any, loader: Any, phase: str, batches: int, write: bool = True) -> dict[str, float]:
+        """Loss and accuracy over ``batches`` batches (and every process), the plugins given ``phase`` running on each batch."""
+        session = self.hooks.session if self.hooks else None
+        stage = "val" if phase == "validate" else phase
+        if session is not None:
+            session.start_phase(phase)
+        totals = EpochAccuracy(self.fabric.device)
+        device = None if self.fabric.device.type == "cpu" else self.fabric.device
+        model.eval()
+        with torch.inference_mode() if self.inference_mode else torch.no_grad():
+            for batch_idx, (x, y) in enumerate(loader):
+                if batch_idx >= batches:
+                    break
+                if device is not None:
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with self.fabric.autocast():
+                    logits = model(x)
+                    loss = task.loss(logits, y)
+                totals.add(loss, logits, y)
+        model.train()
+        if session is not None:
+            session.finish_phase(write=write)
+        loss_sum, correct, count = _all_sum(self.fabric, totals.totals(), totals.count)
+        return {f"{stage}/loss": loss_sum / max(count, 1), f"{stage}/acc": correct / max(count, 1)}
+
+    def _progress_bar(self, total: int) -> Any:
+        if self.progress_refresh is None or not self.is_global_zero:
+            return None
+        return tqdm(total=total, desc=f"Epoch {self.current_epoch}", leave=False, dynamic_ncols=True)
+
+    # Checkpoints.
+
+    def _save_checkpoints(self, metrics: dict[str, float], model: nn.Module, optimizer: Any, scheduler: Any, task: Any) -> None:
+        """Each ModelCheckpoint of the config: one without ``monitor`` every epoch, one with it when the metric improved."""
+        due = []
+        for callback in self.checkpoints:
+            if callback.monitor is not None:
+                value = metrics.get(callback.monitor)
+                best = callback.best_model_score
+                if value is None or (best is not None and not (value > best if callback.mode == "max" else value < best)):
+                    continue
+                callback.best_model_score = torch.tensor(value)
+            due.append(callback)
+        if not due:
+            return
+        state = {
+            "engine": "fabric", "epoch": self.current_epoch, "global_step": self.global_step, "state_dict": model,
+            "optimizer": optimizer, "lr_schedulers": [scheduler.state_dict()] if scheduler is not None else [],
+            "best_scores": {c.filename: c.best_model_score for c in self.checkpoints if c.best_model_score is not None},
+        }
+        task.on_save_checkpoint(state)  # the random state, as the Trainer engine saves it
+        for callback in due:
+            path = _path(callback)
+            self.fabric.save(path, state)
+            callback.best_model_path = callback.last_model_path = str(path)
+
+    def _restore(self, ckpt_path: str, model: nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+        """Loads model, plugin state, optimizer, schedule and position from a checkpoint of this engine; returns the rest."""
+        if torch.load(ckpt_path, map_location="cpu", weights_only=True).get("engine") != "fabric":
+            raise HooktrainError(
+                f"`ckpt_path`: {ckpt_path!r} was written by the Trainer engine, whose loop state this engine cannot continue; "
+                "resume it with trainer=cpu (or start from its weights: model.pt)"
+            )
+        remainder = self.fabric.load(ckpt_path, {"state_dict": model, "optimizer": optimizer})
+        if scheduler is not None and remainder.get("lr_schedulers"):
+            scheduler.load_state_dict(remainder["lr_schedulers"][0])
+        self.current_epoch, self.global_step = remainder["epoch"], remainder["global_step"]
+        for callback in self.checkpoints:
+            callback.best_model_score = remainder.get("best_scores", {}).get(callback.filename)
+        return remainder
+
+
+def _all_sum(fabric: Fabric, sums: Tensor, count: int) -> list[float]:
+    """Sums and the sample count over every process, read in one copy to the host."""
+    return fabric.all_reduce(torch.cat([sums, sums.new_tensor([count])]), reduce_op="sum").tolist()
+
+
+def _path(callback: ModelCheckpoint) -> Path:
+    return Path(callback.dirpath) / f"{callback.filename}{callback.FILE_EXTENSION}"
+
+
+def _refuse_trainer_only(arguments: dict[str, Any]) -> None:
+    """Trainer arguments left at Lightning's defaults pass (the config lists them all); a changed one is refused."""
+    defaults = inspect.signature(pl.Trainer.__init__).parameters
+    for name, value in arguments.items():
+        if name not in defaults:
+            raise HooktrainError(f"`{name}` is not an argument of the Lightning Trainer or the Fabric engine")
+        if value != defaults[name].default:
+            raise HooktrainError(
+                f"`{name}`: the Fabric engine (trainer=fabric) does not run this Trainer setting; "
+                f"remove it or train with the Trainer engine (trainer=cpu or trainer=gpu)"
+            )
+
+
+def _sort_callbacks(callbacks: list[Callback], enable_progress_bar: bool | None) -> tuple[Any, list[ModelCheckpoint], Any, int | None]:
+    """The callbacks this loop implements itself: the plugins' HookCallback, checkpoints, the learning-rate monitor, a progress bar."""
+    hooks, checkpoints, lr_monitor, refresh = None, [], None, None
+    for callback in callbacks:
+        if isinstance(callback, HookCallback):
+            hooks = callback
+        elif isinstance(callback, ModelCheckpoint):
+            if callback.save_top_k != 1 or callback.save_last or "{" in (callback.filename or "{") or callback._every_n_train_steps:
+                raise HooktrainError(
+                    "`callbacks`: the Fabric engine saves a ModelCheckpoint with save_top_k=1 and a plain filename (dirpath/filename.ckpt) "
+                    "at each epoch's end; simplify it or train with the Trainer engine (trainer=cpu)"
+                )
+            checkpoints.append(callback)
+        elif isinstance(callback, LearningRateMonitor):
+            lr_monitor = callback
+        elif isinstance(callback, ProgressBar):
+            refresh = max(int(getattr(callback, "refresh_rate", 1) or 1), 1)
+        else:
+            raise HooktrainError(
+                f"`callbacks`: the Fabric engine runs no Lightning callback such as {type(callback).__name__} (it implements "
+                "ModelCheckpoint, LearningRateMonitor and the progress bar itself); remove it or train with trainer=cpu"
+            )
+    return hooks, checkpoints, lr_monitor, refresh if enable_progress_bar is not False else None
+
+
+def _check_task(task: Any) -> None:
+    if not (isinstance(getattr(task, "model", None), nn.Module) and callable(getattr(task, "loss", None))):
+        raise HooktrainError(
+            f"`task`: the Fabric engine trains a task with a `model` and a `loss(logits, targets)` (hooktrain.task.ClassifierTask "
+            f"or a subclass), got {type(task).__name__}; train other LightningModules with trainer=cpu"
+        )
+
+
+def _optimizer_and_scheduler(configured: Any) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimizer and epoch scheduler of ``configure_optimizers``: an optimizer, or ``{"optimizer", "lr_scheduler"}``."""
+    if isinstance(configured, torch.optim.Optimizer):
+        return configured, None
+    if isinstance(configured, dict) and isinstance(configured.get("optimizer"), torch.optim.Optimizer):
+        scheduler = configured.get("lr_scheduler")
+        if isinstance(scheduler, dict):
+            if scheduler.get("interval", "epoch") != "epoch":
+                raise HooktrainError("`task.scheduler`: the Fabric engine steps schedulers once per epoch")
+            scheduler = scheduler["scheduler"]
+        return configured["optimizer"], scheduler
+    raise HooktrainError("`task`: the Fabric engine needs configure_optimizers to return one optimizer, or a dict with one and its scheduler")
+
+
+def _learning_rates(optimizer: Any) -> dict[str, float]:
+    """Named as LearningRateMonitor names them: ``lr-Adam``, ``lr-Adam/pg2`` for further parameter groups."""
+    name = f"lr-{type(optimizer.optimizer if hasattr(optimizer, 'optimizer') else optimizer).__name__}"
+    groups = optimizer.param_groups
+    return {name if i == 0 else f"{name}/pg{i + 1}": group["lr"] for i, group in enumerate(groups)}
+
+
+def _limit(limit: int | float | None, available: int) -> int:
+    """Lightning's ``limit_*_batches``: a count (int) or a share of the batches (float); None means all."""
+    if limit is None:
+        return available
+    if isinstance(limit, float):
+        return int(available * limit)
+    return min(limit, available)
+
+
+def _set_torch_flags(deterministic: bool | str | None, benchmark: bool | None) -> None:
+    """What the Trainer sets for ``deterministic`` and ``benchmark``."""
+    if deterministic is not None:
+        torch.use_deterministic_algorithms(bool(deterministic), warn_only=deterministic == "warn")
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if benchmark is not None:
+        torch.backends.cudnn.benchmark = benchmark

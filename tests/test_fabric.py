@@ -1,0 +1,132 @@
+"""The Fabric engine (trainer=fabric): the same run as the Trainer's, its own exact resume, DDP, and what it refuses."""
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import every_plugin, run_cli
+from hooktrain import HooktrainError, train
+
+NOT_REPRODUCIBLE = ("plugin_state.module_timer.",)  # wall-clock times
+
+
+def scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def assert_same_tensors(a: dict, b: dict, skip: tuple[str, ...] = ()) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if not key.startswith(skip):
+            assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_both_engines_train_the_same_model_bit_for_bit_and_log_the_same(make_cfg, tmp_path):
+    """LeNet (no dropout, so no random stream to line up) with every plugin, clipping and accumulation."""
+    settings = ["model=lenet", *every_plugin(), "trainer.gradient_clip_val=0.05", "trainer.accumulate_grad_batches=2"]
+    trainer_metrics = train(make_cfg(*settings, f"paths.output_dir={tmp_path / 'trainer'}"))
+    fabric_metrics = train(make_cfg(*settings, "trainer=fabric", f"paths.output_dir={tmp_path / 'fabric'}"))
+
+    assert fabric_metrics == trainer_metrics
+    checkpoints = {engine: torch.load(tmp_path / engine / "checkpoints" / "last.ckpt", weights_only=True) for engine in ("trainer", "fabric")}
+    assert checkpoints["fabric"]["global_step"] == checkpoints["trainer"]["global_step"] == 2  # 4 batches, 2 per step
+    assert_same_tensors(checkpoints["trainer"]["state_dict"], checkpoints["fabric"]["state_dict"], skip=NOT_REPRODUCIBLE)
+    assert checkpoints["fabric"]["lr_schedulers"] == checkpoints["trainer"]["lr_schedulers"]
+    exported = {engine: torch.load(tmp_path / engine / "model.pt", weights_only=True) for engine in ("trainer", "fabric")}
+    assert_same_tensors(exported["trainer"], exported["fabric"])
+    assert (tmp_path / "fabric" / "checkpoints" / "best.ckpt").is_file()
+
+    trainer_scalars, fabric_scalars = scalars(tmp_path / "trainer"), scalars(tmp_path / "fabric")
+    assert fabric_scalars.keys() == trainer_scalars.keys() - {"epoch"}  # Lightning's epoch counter is no chart of the run
+    for tag in ("train/loss", "val/acc", "test/acc", "lr-Adam", "grad_logger/grad_norm/features.conv1"):
+        assert fabric_scalars[tag] == trainer_scalars[tag], tag
+    assert [step for step, _ in fabric_scalars["test/acc"]] == [2]  # once, at the last step
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_a_resumed_run_equals_a_straight_one_bit_for_bit(make_cfg, tmp_path):
+    """The MLP's dropout and random pruning draw from torch's random state: it must be restored too."""
+
+    def run(out, *extra):
+        train(make_cfg(
+            "trainer=fabric", "model=mlp", "trainer.deterministic=true", "task.scheduler.T_max=2", *every_plugin(),
+            "plugins.pruning.method=random_unstructured", "plugins.pruning.start=0", "plugins.pruning.end=8",
+            f"paths.output_dir={out}", *extra,
+        ))
+        return torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+
+    straight = run(tmp_path / "straight", "trainer.max_epochs=2")
+    run(tmp_path / "resumed", "trainer.max_epochs=1")
+    resumed = run(tmp_path / "resumed", "trainer.max_epochs=2", f"ckpt_path={tmp_path / 'resumed' / 'checkpoints' / 'last.ckpt'}")
+    assert (straight["global_step"], resumed["global_step"], resumed["epoch"]) == (8, 8, 2)
+    assert_same_tensors(straight["state_dict"], resumed["state_dict"], skip=NOT_REPRODUCIBLE)
+    for a, b in zip(straight["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
+        assert_same_tensors(a, b)
+    assert resumed["best_scores"] == straight["best_scores"]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("trainer.val_check_interval=0.5", r"`trainer.val_check_interval`: the Fabric engine \(trainer=fabric\) does not run this "
+                                           r"Trainer setting; remove it or train with the Trainer engine"),
+        ("trainer.strategy=fsdp", r"`trainer.strategy`: the Fabric engine runs auto, ddp, .* got 'fsdp'"),
+        ("+callbacks.early_stopping={_target_:lightning.pytorch.callbacks.EarlyStopping,monitor:'val/acc'}",
+         r"runs no Lightning callback such as EarlyStopping"),
+        ("+callbacks.model_checkpoint.save_top_k=3", r"saves a ModelCheckpoint with save_top_k=1"),
+        ("trainer.max_epochs=abc", r"`trainer.max_epochs`"),
+    ],
+)
+def test_what_the_fabric_engine_does_not_run_is_refused_by_name(make_cfg, override, message):
+    cfg = make_cfg("trainer=fabric", "model=mlp", override)
+    with pytest.raises(HooktrainError, match=message):
+        train(cfg)
+
+
+def test_a_checkpoint_of_the_other_engine_is_refused_before_training(make_cfg, tmp_path):
+    train(make_cfg("model=mlp", f"paths.output_dir={tmp_path / 'trainer'}"))
+    last = tmp_path / "trainer" / "checkpoints" / "last.ckpt"
+    with pytest.raises(HooktrainError, match=r"was written by the Trainer engine, whose loop state this engine cannot continue; resume it with trainer=cpu"):
+        train(make_cfg("trainer=fabric", "model=mlp", f"ckpt_path={last}", f"paths.output_dir={tmp_path / 'fabric'}"))
+    assert not (tmp_path / "fabric" / "checkpoints").exists()  # nothing trained, nothing written
+
+
+def test_bf16_mixed_precision_trains_with_plugins_seeing_finite_gradients(make_cfg, tmp_path):
+    metrics = train(make_cfg("trainer=fabric", "model=mlp", "trainer.precision=bf16-mixed", "plugins=[grad_logger,grad_clip]",
+                             "plugins.grad_logger.every_n_steps=1", "trainer.max_epochs=2"))
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state["plugin_state.grad_logger.updates"].item() == 8
+    assert torch.isfinite(state["plugin_state.grad_logger.ema_grad_norm"]).all() and state["plugin_state.grad_logger.ema_grad_norm"].min() > 0
+    assert 0 <= metrics["test/acc"] <= 1
+
+
+def test_the_progress_bar_and_the_test_table_show_on_the_command_line(tmp_path):
+    result = run_cli("train.py", "trainer=fabric", "model=mlp", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                     "trainer.limit_val_batches=1", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Epoch 0" in result.stderr and "test/acc" in result.stdout
+    assert (tmp_path / "model.pt").is_file() and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_with_every_plugin(tmp_path):
+    result = run_cli(
+        "train.py", "trainer=fabric", "trainer.strategy=ddp", "trainer.devices=2", "model=mlp", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=6", "trainer.enable_progress_bar=false", *every_plugin(log_every_n_steps=1),
+        "plugins.pruning.start=0", "plugins.pruning.end=4", "plugins.pruning.amount=0.5", f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    writers = {path.name.split(".")[-2] for path in (tmp_path / "tensorboard").glob("events.*")}
+    assert len(writers) == 1  # one process (rank 0) wrote every event file
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    state = checkpoint["state_dict"]
+    assert checkpoint["global_step"] == 6
+    assert state["plugin_state.nan_guard.checked_steps"].item() == 6
+    assert state["plugin_state.grad_logger.updates"].item() == 6
+    assert state["plugin_state.pruning.target_sparsity"].item() == pytest.approx(0.5)
+    events = scalars(tmp_path)
+    assert [step for step, _ in events["test/acc"]] == [6]
