@@ -40,8 +40,9 @@ def test_clip_by_norm_at_the_output_scales_what_flows_back():
     torch.testing.assert_close(model.head.bias.grad, clipped.sum(0))
     stats = session._stats["clip"].combined()
     torch.testing.assert_close(stats["pre_clip_norm"], g.norm().reshape(1))
-    torch.testing.assert_close(stats["post_clip_norm"], torch.tensor([0.05]), atol=1e-5, rtol=0)
-    assert stats["clipped"].tolist() == [1.0]
+    logged = session.plugins[0].update(session.state.clip, stats)  # derived once per step, for every layer together
+    torch.testing.assert_close(logged["post_clip_norm"], torch.tensor([0.05]), atol=1e-5, rtol=0)
+    assert logged["clipped"].tolist() == [1.0] and session.state.clip.clipped_steps.tolist() == [1]
     session.close()
 
 
@@ -56,6 +57,9 @@ def test_clip_by_value_at_the_output_clamps_elements():
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()
     torch.testing.assert_close(model.head.weight.grad, clipped.T @ hidden)
+    logged = session.plugins[0].update(session.state.clip, session._stats["clip"].combined())
+    assert logged["clipped"].tolist() == [float((logits.grad.abs() > 0.02).any())] == [1.0]
+    torch.testing.assert_close(logged["post_clip_norm"], clipped.norm().reshape(1))
     session.close()
 
 

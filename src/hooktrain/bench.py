@@ -26,11 +26,14 @@ left out, e.g. pruning: PyTorch's pruning hook applies the masks at every forwar
 
 import argparse
 import contextlib
+import cProfile
 import gc
+import io
 import json
 import logging
 import os
 import platform
+import pstats
 import statistics
 import subprocess
 import sys
@@ -38,6 +41,7 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -45,6 +49,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 
 import hooktrain  # noqa: F401  registers the trainer schema
@@ -222,6 +227,41 @@ def _run_raw_loop(cfg: DictConfig, total: int, stamps: list[float]) -> None:
             scaler.update()
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts PyTorch operator calls (forward, backward and optimizer alike): each is a kernel launch or more."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def calls_per_step(config_dir: Path, model: str, variant: str, overrides: tuple[str, ...], short: int = 10, long: int = 40) -> dict[str, float]:
+    """Python calls and PyTorch operator calls per optimizer step, free of the machine's noise: each counted over runs
+    of ``long`` and ``short`` steps (after one run that imports and caches what a first run does), the difference
+    divided by ``long - short``, so set-up cancels out."""
+
+    def run(total: int, counter: Any) -> None:
+        with tempfile.TemporaryDirectory() as out_dir, contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            cfg = compose_cfg(config_dir, model, variant, total, out_dir, overrides)
+            with counter:
+                _run_raw_loop(cfg, total, []) if variant == "raw" else _run_trainer(cfg, variant, [])
+
+    run(short, contextlib.nullcontext())
+    python, ops = [], []
+    for total in (short, long):
+        profile = cProfile.Profile()
+        run(total, profile)
+        python.append(pstats.Stats(profile, stream=io.StringIO()).total_calls)
+        counter = OpCounter()
+        run(total, counter)
+        ops.append(counter.count)
+    return {"python_calls": (python[1] - python[0]) / (long - short), "torch_ops": (ops[1] - ops[0]) / (long - short)}
+
+
 def peak_memory_mb(config_dir: Path, model: str, variant: str, warmup: int, steps: int, overrides: tuple[str, ...]) -> float:
     """Peak memory a training run adds, in a fresh process (peaks only grow): GPU memory on CUDA, else resident."""
     code = (
@@ -260,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="also measure peak memory (one process per variant)")
+    parser.add_argument("--counts", action=argparse.BooleanOptionalAction, default=True, help="also count Python calls and PyTorch ops per step")
     parser.add_argument("--config-dir", type=Path, default=Path("conf"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every variant, e.g. trainer=gpu trainer.precision=32-true")
@@ -291,6 +332,9 @@ def main(argv: list[str] | None = None) -> None:
         for row in rows:
             if row["variant"] in ("hooktrain", "hooktrain+logging", "hooktrain+all"):
                 row["peak_mb"] = peak_memory_mb(args.config_dir, row["model"], row["variant"], args.warmup, args.steps, overrides)
+    if args.counts:
+        for row in rows:
+            row.update(calls_per_step(args.config_dir, row["model"], row["variant"], overrides))
     busy = [f"{row['model']} {row['variant']} ({max(row['other_load_cores'])} cores)" for row in rows if max(row["other_load_cores"]) > BUSY]
     if busy:
         print(f"warning: other processes used more than {BUSY} core during: {', '.join(busy)}; re-run on a quieter machine", file=sys.stderr)
@@ -389,8 +433,8 @@ def to_markdown(report: dict) -> str:
         "Step time: per step position the median over runs, then the mean over positions (logging steps keep their share). "
         "Ratios in brackets: min-max over the repeats. hooktrain = the Trainer engine, fabric = `trainer=fabric`.",
         "",
-        "| model | variant | step (ms) | samples/s | throughput vs raw loop | step time vs same engine, no plugins | other load (cores, max) | peak memory (MB) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | variant | step (ms) | samples/s | throughput vs raw loop | step time vs same engine, no plugins | other load (cores, max) | Python calls / step | PyTorch ops / step | peak memory (MB) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in report["rows"]:
         peak = f"{row['peak_mb']:.1f}" if "peak_mb" in row else ""
@@ -398,7 +442,7 @@ def to_markdown(report: dict) -> str:
         lines.append(
             f"| {row['model']} | {row['variant']} | {row['step_ms']:.3f} | {row['samples_per_s']:.0f} | "
             f"{row['vs_raw']:.3f}x [{row['vs_raw_spread'][0]:.2f}-{row['vs_raw_spread'][1]:.2f}] | {vs_engine} | "
-            f"{max(row['other_load_cores']):.2f} | {peak} |"
+            f"{max(row['other_load_cores']):.2f} | {row.get('python_calls', float('nan')):.0f} | {row.get('torch_ops', float('nan')):.0f} | {peak} |"
         )
     lines += ["", "| model | goal | measured | bound | holds |", "| --- | --- | ---: | --- | --- |"]
     for goal in report["goals"]:

@@ -253,23 +253,27 @@ class HookSession:
         if self._step_open and step == self.info.step and self.info.phase == "train":
             return
         self.info.step, self.info.phase, self._step_open = step, "train", True
-        self._clear()
-        self._activate()
+        due = {plugin.name for plugin in self.plugins if plugin.is_active(step, "train")}
+        if due or self._active:  # an idle step after an idle step: nothing recorded, nothing to attach or detach
+            self._clear()
+            self._activate(due)
 
     def before_optimizer_step(self) -> None:
         """The step's gradients are final (and unscaled): calls the active plugins' ``before_optimizer_step``."""
-        self._call_per_module("before_optimizer_step")
+        if self._active:
+            self._call_per_module("before_optimizer_step")
 
     def finish_step(self) -> None:
         """The optimizer step is done: ``after_optimizer_step``, then statistics into buffers and, on logging steps, to the writers."""
         if not self._step_open:
             return
         self._step_open = False
+        if not self._active:
+            return
         self._call_per_module("after_optimizer_step")
         active = [plugin for plugin in self.plugins if plugin.name in self._active]
-        self._activate(none=True)
-        if active:
-            self._flush(active, train=True)
+        self._activate(set())
+        self._flush(active, train=True)
 
     def start_phase(self, phase: str) -> None:
         """An evaluation phase (``validate``, ``test``, ``predict``) starts: plugins given that phase act on every batch."""
@@ -278,12 +282,12 @@ class HookSession:
         self._step_open = False
         self.info.phase = phase
         self._clear()
-        self._activate()
+        self._activate({plugin.name for plugin in self.plugins if plugin.is_active(self.info.step, phase)})
 
     def finish_phase(self, write: bool = True) -> None:
         """The evaluation phase is over: its statistics (over all its batches) are written once; buffers stay as they are."""
         active = [plugin for plugin in self.plugins if plugin.name in self._active]
-        self._activate(none=True)
+        self._activate(set())
         if active and write:
             self._flush(active, train=False)
         self._clear()
@@ -321,10 +325,10 @@ class HookSession:
 
     # Inside.
 
-    def _activate(self, none: bool = False) -> None:
-        """Attaches (or opens) the plugins active at this step and phase; detaches (or closes) the others."""
+    def _activate(self, due: set[str]) -> None:
+        """Attaches (or opens) the plugins named in ``due``; detaches (or closes) the others."""
         for plugin in self.plugins:
-            active = not none and plugin.is_active(self.info.step, self.info.phase)
+            active = plugin.name in due
             if active:
                 self._active.add(plugin.name)
             else:

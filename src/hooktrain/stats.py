@@ -95,6 +95,8 @@ class _Statistic:
 
     def stacked(self, missing: float) -> Tensor:
         """``(num_modules, *shape)``: each module's combined value (a sum for mean), ``missing`` where it recorded nothing."""
+        if all(count > 0 for count in self.counts):  # the usual case: no filler to make
+            return torch.stack(self.values)
         example = next(value for value in self.values if value is not None)
         filler = torch.full_like(example, missing)
         return torch.stack([filler if value is None else value for value in self.values])
@@ -126,7 +128,9 @@ class StepStats:
                 f"plugin {self.plugin_name!r} recorded {stat!r} with reduce={reduce!r} after reduce={entry.reduce!r}; "
                 "a statistic combines one way"
             )
-        entry.add(index, value.detach().float())
+        if value.requires_grad:  # values computed in a backward hook or from .detach() need no second detach
+            value = value.detach()
+        entry.add(index, value if value.dtype == torch.float32 else value.float())
 
     def add_histogram(self, stat: str, index: int, values: Tensor) -> None:
         summary = histogram_summary(values.detach())
