@@ -5,6 +5,7 @@ from torch import Tensor, nn
 
 from hooktrain.errors import HooktrainError, check_positive
 from hooktrain.plugin import HookContext, HookPlugin
+from hooktrain.stats import absmax
 
 MODES = ("norm", "value")
 PLACES = ("output", "parameters")
@@ -90,6 +91,6 @@ class GradClip(HookPlugin):
         if self.mode == "norm":  # torch.nn.utils.clip_grad_norm_'s arithmetic: the norm after it is min(pre, max_norm)
             return grad * (self.max_norm / (pre + 1e-6)).clamp(max=1.0)
         clipped = grad.clamp(-self.clip_value, self.clip_value)
-        ctx.record("absmax", torch.linalg.vector_norm(grad, float("inf")), reduce="max")
+        ctx.record("absmax", absmax(grad), reduce="max")
         ctx.record("post_clip_norm", torch.linalg.vector_norm(clipped), reduce="max")
         return clipped

@@ -5,6 +5,7 @@ from torch import Tensor, nn
 
 from hooktrain.errors import NonFiniteError
 from hooktrain.plugin import HookContext, HookPlugin
+from hooktrain.stats import absmax
 
 
 class NanGuard(HookPlugin):
@@ -42,14 +43,14 @@ class NanGuard(HookPlugin):
     def forward(self, ctx: HookContext, module: nn.Module, args: tuple, output) -> None:
         if isinstance(output, Tensor) and output.numel():
             self._order["output"].append(ctx.index)
-            ctx.record("output_absmax", torch.linalg.vector_norm(output.detach(), float("inf")))
+            ctx.record("output_absmax", absmax(output))
 
     def output_grad(self, ctx: HookContext, module: nn.Module, grad: Tensor) -> None:
         if self.info.active_scaler is not None:
             return  # fp16: overflowing scaled gradients are the GradScaler's business (it skips the step)
         if grad.numel():
             self._order["gradient"].append(ctx.index)
-            ctx.record("grad_absmax", torch.linalg.vector_norm(grad, float("inf")))
+            ctx.record("grad_absmax", absmax(grad))
 
     def update(self, state: nn.Module, stats: dict[str, Tensor]) -> dict[str, Tensor]:
         state.checked_steps.add_(1)

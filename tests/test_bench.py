@@ -4,15 +4,15 @@ import json
 
 import pytest
 
-from hooktrain.bench import all_variants, check_goals, engine_and_plugins, main, robust_step_time
+from hooktrain.bench import all_variants, calls_per_step, check_goals, engine_and_plugins, main, robust_step_time
 
 from conftest import ROOT
 
 
-def test_step_time_drops_a_random_stall_and_keeps_periodic_work():
+def test_step_time_drops_a_disturbed_run_and_keeps_periodic_work():
     runs = [
-        [1.0, 1.0, 5.0, 1.0],
-        [1.0, 9.0, 5.0, 1.0],  # a stall of the machine at step 1, in one run only
+        [1.2, 1.2, 6.0, 1.2],  # a run the machine slowed down throughout
+        [1.0, 9.0, 5.0, 1.0],  # a stall at step 1
         [1.0, 1.0, 5.0, 1.0],  # step 2 is a logging step in every run
     ]
     assert robust_step_time(runs) == pytest.approx((1 + 1 + 5 + 1) / 4)
@@ -50,7 +50,7 @@ def test_a_variant_name_reads_as_engine_and_plugins():
 
 @pytest.mark.slow
 def test_a_tiny_benchmark_times_every_variant_and_writes_json_and_markdown(tmp_path, capsys):
-    main(["--models", "mlp", "--repeats", "1", "--steps", "3", "--warmup", "1", "--no-memory",
+    main(["--models", "mlp", "--repeats", "1", "--steps", "3", "--warmup", "1", "--no-memory", "--no-counts",
           "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
     report = json.loads((tmp_path / "bench.json").read_text())
     variants = [row["variant"] for row in report["rows"]]
@@ -62,10 +62,19 @@ def test_a_tiny_benchmark_times_every_variant_and_writes_json_and_markdown(tmp_p
 
 
 def test_variants_pick_what_is_timed_and_a_wrong_name_lists_the_choices(tmp_path, capsys):
-    main(["--models", "mlp", "--variants", "fabric", "--repeats", "1", "--steps", "2", "--warmup", "1", "--no-memory",
+    main(["--models", "mlp", "--variants", "fabric", "--repeats", "1", "--steps", "2", "--warmup", "1", "--no-memory", "--no-counts",
           "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
     report = json.loads((tmp_path / "bench.json").read_text())
     assert [row["variant"] for row in report["rows"]] == ["raw", "fabric"]  # raw always: every ratio is against it
     with pytest.raises(SystemExit):
         main(["--variants", "fabrik", "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
     assert "unknown variant(s) fabrik; choose from: raw lightning hooktrain" in capsys.readouterr().err
+
+
+def test_calls_and_ops_per_step_show_what_each_engine_and_plugin_adds():
+    counts = {variant: calls_per_step(ROOT / "conf", "mlp", variant, (), short=5, long=15) for variant in ("raw", "fabric", "hooktrain", "fabric+grad_clip")}
+    python = {variant: count["python_calls"] for variant, count in counts.items()}
+    ops = {variant: count["torch_ops"] for variant, count in counts.items()}
+    assert python["raw"] < python["fabric"] < 1.5 * python["raw"] < 3 * python["raw"] < python["hooktrain"]
+    assert ops["raw"] <= ops["fabric"] < ops["fabric+grad_clip"]  # clipping 3 layers: a norm and a scaling each, at least
+    assert ops["fabric+grad_clip"] - ops["fabric"] >= 3 * 3

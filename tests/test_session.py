@@ -14,7 +14,7 @@ from hooktrain import HookCallback, HookPlugin, HookSession, HooktrainError, Plu
 from hooktrain.data import SyntheticDataModule
 from hooktrain.models import MLP
 from hooktrain.plugin import HookContext, StepInfo
-from hooktrain.stats import StepStats
+from hooktrain.stats import StepStats, absmax
 from hooktrain.task import ClassifierTask
 
 HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
@@ -426,3 +426,10 @@ def test_the_core_imports_no_lightning():
         imported = [alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names]
         imported += [node.module for node in tree.body if isinstance(node, ast.ImportFrom)]
         assert not [module for module in imported if module.split(".")[0] in ("lightning", "pytorch_lightning")], name
+
+
+def test_absmax_is_the_largest_magnitude_and_carries_nan_and_inf():
+    values = torch.tensor([[0.5, -3.0], [2.0, 1.0]])
+    assert absmax(values).item() == 3.0  # the largest magnitude is a negative value
+    assert absmax(torch.tensor([1.0, float("-inf")])).item() == float("inf")
+    assert torch.isnan(absmax(torch.tensor([1.0, float("nan"), -5.0])))

@@ -65,6 +65,16 @@ def bucket_counts(values: Tensor, low: float | Tensor, high: float | Tensor, bin
     return torch.zeros(bins, device=flat.device).scatter_add_(0, index, torch.ones_like(flat))
 
 
+def absmax(values: Tensor) -> Tensor:
+    """The largest ``|value|``; NaN if any value is NaN, inf if any is infinite (as ``vector_norm(x, inf)``).
+
+    From one ``aminmax`` pass: on the CPU ``torch.linalg.vector_norm(x, inf)`` takes 10-20 times as long
+    (456 against 26 us for a (64, 6, 28, 28) activation, 2026-11-23), on every step for nan_guard.
+    """
+    low, high = torch.aminmax(values.detach())
+    return torch.maximum(high, low.neg())
+
+
 def ema_update_(average: Tensor, value: Tensor, decay: float) -> Tensor:
     """In place, ``average = decay * average + (1 - decay) * value``; returns ``average``.
 

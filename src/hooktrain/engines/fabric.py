@@ -204,7 +204,7 @@ class FabricTrainer:
             self._launched = True
 
     def _loaders(self, *loaders: Any) -> Any:
-        """Fabric's loaders (a DistributedSampler under DDP); batches are moved to the device in the loop, not on the CPU."""
+        """Fabric's loaders: a DistributedSampler under DDP, batches moved to the accelerator (on the CPU there is nothing to move)."""
         on_cpu = self.fabric.device.type == "cpu"
         return self.fabric.setup_dataloaders(*loaders, use_distributed_sampler=self.use_distributed_sampler, move_to_device=not on_cpu)
 
@@ -228,7 +228,6 @@ class FabricTrainer:
         scaler = session.info.active_scaler if session is not None else None
         plain = self._plain()
         forward, step_optimizer = (model.module, optimizer.optimizer) if plain else (model, optimizer)
-        device = None if fabric.device.type == "cpu" else fabric.device
         model.train()
         loader._num_iter_calls = self.current_epoch  # Fabric seeds the sampler's epoch with this count: a resumed run draws epoch N's order
         epoch = EpochAccuracy(fabric.device)
@@ -236,8 +235,6 @@ class FabricTrainer:
         for batch_idx, (x, y) in enumerate(loader):
             if batch_idx >= batches or (self.max_steps >= 0 and self.global_step >= self.max_steps):
                 break
-            if device is not None:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             steps_now = (batch_idx + 1) % accumulate == 0 or batch_idx + 1 == batches
             if session is not None:
                 session.start_step(self.global_step)
@@ -299,14 +296,11 @@ class FabricTrainer:
         if session is not None:
             session.start_phase(phase)
         totals = EpochAccuracy(self.fabric.device)
-        device = None if self.fabric.device.type == "cpu" else self.fabric.device
         model.eval()
         with torch.inference_mode() if self.inference_mode else torch.no_grad():
             for batch_idx, (x, y) in enumerate(loader):
                 if batch_idx >= batches:
                     break
-                if device is not None:
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with self.fabric.autocast():
                     logits = model(x)
                     loss = task.loss(logits, y)
