@@ -9,11 +9,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import hooktrain  # noqa: F401  registers the trainer schema
-from hooktrain.registry import plugin_names
+from hooktrain.registry import training_plugins
 from hooktrain.testing import plugin_selection
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGINS = plugin_names(ROOT / "conf")  # every plugin of conf/plugins: a file dropped there is in every test below
+PLUGINS = training_plugins(ROOT / "conf")  # every plugin of conf/plugins that trains: a file dropped there is in every test below
 
 
 def every_plugin(every_n_steps: int = 1, log_every_n_steps: int = 2) -> list[str]:

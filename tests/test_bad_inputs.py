@@ -32,7 +32,7 @@ CASES = [
     ("seed", r"cannot read this override: Error parsing override 'seed'"),
     ("plugins=[no_such_plugin]", r"unknown plugin 'no_such_plugin' in `plugins=\[no_such_plugin\]`; available plugins: ablate, "),
     ("logger=nosuch", r"`logger=nosuch`: there is no logger 'nosuch'; choose one of csv, tensorboard"),
-    ("trainer=tpu", r"`trainer=tpu`: there is no trainer 'tpu'; choose one of cpu, ddp, gpu"),
+    ("trainer=tpu", r"`trainer=tpu`: there is no trainer 'tpu'; choose one of cpu, ddp, fabric, gpu"),
     ("trainer.precision=17", r"`trainer.precision` must be 64, 32 or 16 or .*'bf16-mixed'.*; got 17"),
     ("trainer.max_steps=abc", r"`trainer.max_steps` must be a valid integer.*; got 'abc'"),
     ("trainer.gradient_clip_val=abc", r"`trainer.gradient_clip_val` must be a valid number.*; got 'abc'"),
@@ -56,11 +56,17 @@ CASES = [
     ("plugins=[grad_logger] plugins.grad_logger.histograms=maybe", r"`plugins.grad_logger.histograms` must be a valid boolean.*; got 'maybe'"),
     ("plugins=[grad_logger] plugins.grad_logger.every_n_steps=0", r"`plugins.grad_logger.every_n_steps` must be an integer >= 1, got 0"),
     ("plugins=[grad_logger] plugins.grad_logger.ema_decay=1.0", r"`plugins.grad_logger.ema_decay` must be a number in \[0.0, 1.0\), got 1.0"),
-    ("plugins=[grad_logger] plugins.grad_logger.phases=[eval]", r"`plugins.grad_logger.phases` must be a non-empty list of \['train', 'validate', 'test', 'predict'\]"),
+    ("plugins=[grad_logger] plugins.grad_logger.phases=[eval]", r"`plugins.grad_logger.phases` must be a non-empty list of \['train', 'validate', 'test', 'predict', 'analyze'\]"),
     ("plugins=[grad_logger] plugins.grad_logger.targets=[nope*]", r"`plugins.grad_logger.targets`: pattern 'nope\*' matches no module"),
     ("plugins=[grad_logger] plugins.grad_logger.typo=1", r"`plugins.grad_logger.typo` is not a setting of `plugins.grad_logger`; did you mean `plugins.grad_logger.types`\?"),
     ("plugins=[grad_logger] plugins.grad_logger.every_n_step=5", r"did you mean `plugins.grad_logger.every_n_steps`\?"),
     ("plugins=[module_timer] compile=true", r"plugin 'module_timer' uses full backward hooks"),
+    # the Fabric engine and the analysis plugins
+    ("trainer=fabric trainer.val_check_interval=0.5", r"`trainer.val_check_interval`: the Fabric engine \(trainer=fabric\) does not run this Trainer setting"),
+    ("trainer=fabric trainer.strategy=deepspeed", r"`trainer.strategy`: the Fabric engine runs auto, ddp"),
+    ("trainer=fabric trainer.max_epoch=3", r"`trainer.max_epoch` is not a setting of `trainer`; did you mean `trainer.max_epochs`\?"),
+    ("plugins=[patch] plugins.patch.targets=[classifier.fc2]", r"`plugins.patch.file`: no activation file at ''"),
+    ("plugins=[activation_cache] plugins.activation_cache.max_samples=0", r"`plugins.activation_cache.max_samples` must be an integer >= 1, got 0"),
 ]
 
 

@@ -8,7 +8,7 @@ import yaml
 
 import torch
 
-from hooktrain.models import MLP
+from hooktrain.models import MLP, LeNet
 from test_session import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,3 +45,22 @@ def test_the_readme_plain_loop_runs_plugins_and_writes_tensorboard(tmp_path, mon
         assert [event.step for event in events.Scalars(f"grad_logger/grad_norm/{layer}")] == [0, 5, 10, 15]
     assert "grad_logger/grad/fc1" in events.Tags()["histograms"]
     assert "custom_scalars__config__" in events.Tags()["tensors"]
+
+
+def test_the_readme_notebook_snippet_reads_an_analyze_cache_and_plots(tmp_path, monkeypatch):
+    """The snippet of "Look inside a trained model", on a cache analyze wrote for a trained LeNet's test split."""
+    from hydra import compose, initialize_config_dir
+
+    from hooktrain.analyze import analyze
+
+    weights = tmp_path / "model.pt"
+    torch.save(LeNet(in_channels=1, num_classes=10, image_size=32).state_dict(), weights)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("analyze", overrides=[f"paths.output_dir={tmp_path / 'analysis'}", f"ckpt_path={weights}", "plugins=[activation_cache]"])
+    analyze(cfg)
+    source = re.search(r"## Look inside a trained model.*?```python\n(.*?)```", README, re.S).group(1)
+    assert len(source.strip().splitlines()) <= 12
+    source = source.replace("outputs/analyze/<date>/<time>", str(tmp_path / "analysis"))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(source, "README.md", "exec"), {})
+    assert (tmp_path / "fc1_by_digit.png").stat().st_size > 1000

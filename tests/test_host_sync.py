@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from hooktrain import HookCallback
 from hooktrain.data import SyntheticDataModule
 from hooktrain.models import MLP
-from hooktrain.registry import plugin_names
+from hooktrain.registry import training_plugins
 from hooktrain.run import build_run
 from hooktrain.task import ClassifierTask
 from plugins.grad_logger import GradLogger
@@ -85,7 +85,7 @@ class SyncDebugOff(Callback):
 def test_idle_steps_of_the_main_job_on_cuda_make_no_synchronizing_call(make_cfg, precision):
     """The real config with every plugin: steps 1-3, 5-7, ... (all plugins idle but nan_guard and grad_clip,
     which act on every step by default) run under ``set_sync_debug_mode("error")``."""
-    every, names = 4, plugin_names(ROOT / "conf")
+    every, names = 4, training_plugins(ROOT / "conf")
     cadence = [f"++plugins.{name}.{key}={every}" for name in names for key in ("every_n_steps", "log_every_n_steps")]
     cfg = make_cfg(
         "trainer=gpu", f"trainer.precision={precision}", f"trainer.log_every_n_steps={every}", "trainer.limit_train_batches=13",

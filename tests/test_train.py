@@ -11,9 +11,10 @@ from lightning.pytorch import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from conftest import PLUGINS, every_plugin, run_cli
+from conftest import PLUGINS, ROOT, every_plugin, run_cli
 from hooktrain import HookCallback, HookPlugin, HooktrainError, PluginHookError, train
 from hooktrain.errors import NonFiniteError
+from hooktrain.registry import plugin_names
 from hooktrain.config import trainer_schema
 from hooktrain.models import LeNet
 
@@ -179,7 +180,7 @@ def test_cli_lists_plugins_and_config_groups():
     assert "every_n_steps: 50" in listing.stdout
 
     help_text = run_cli("train.py", "--help").stdout
-    for group in ("model: lenet, mlp, nested", "data: digits, synthetic", "trainer: cpu, ddp, gpu", "logger: csv, tensorboard", "plugins: " + ", ".join(PLUGINS)):
+    for group in ("model: lenet, mlp, nested", "data: digits, synthetic", "trainer: cpu, ddp, fabric, gpu", "logger: csv, tensorboard", "plugins: " + ", ".join(plugin_names(ROOT / "conf"))):
         assert group in help_text, help_text
 
 

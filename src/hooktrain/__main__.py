@@ -1,4 +1,4 @@
-"""``python -m hooktrain plugins``: lists the plugins that ``plugins=[...]`` accepts."""
+"""``python -m hooktrain plugins``: the plugins ``plugins=[...]`` accepts; ``python -m hooktrain analyze``: look inside a trained model."""
 
 import argparse
 from pathlib import Path
@@ -12,7 +12,15 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("plugins", help="list the available plugins, their description and parameters")
     listing.add_argument("--config-dir", type=Path, default=Path("conf"), help="the config folder (default: ./conf)")
+    analyzing = commands.add_parser(
+        "analyze", help="run a data split through a trained model with plugins (Hydra overrides: ckpt_path=... plugins=[...])", add_help=False
+    )
+    analyzing.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides of conf/analyze.yaml, e.g. ckpt_path=<run>/model.pt")
     args = parser.parse_args(argv)
+    if args.command == "analyze":
+        from hooktrain.analyze import main as analyze  # imported here: it imports Hydra's app machinery
+
+        return analyze(args.overrides, Path("conf"))
     try:
         plugins = available_plugins(args.config_dir)
     except HooktrainError as error:

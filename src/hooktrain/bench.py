@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader
 
 import hooktrain  # noqa: F401  registers the trainer schema
 from hooktrain.build import build
-from hooktrain.registry import example_overrides, plugin_class, plugin_names
+from hooktrain.registry import example_overrides, plugin_class, training_plugins
 from hooktrain.run import build_run
 
 NEVER = 10**9  # every_n_steps that leaves a plugin active on step 0 only
@@ -127,7 +127,7 @@ def compose_cfg(config_dir: Path, model: str, variant: str, total_steps: int, ou
         "trainer.enable_checkpointing=false", "trainer.enable_model_summary=false", "~callbacks.model_checkpoint", "~callbacks.last_checkpoint",
         "task.scheduler=null",
     ]
-    names = plugin_names(config_dir)
+    names = training_plugins(config_dir)
     if selection == "logging":
         names = logging_plugins(config_dir)
     if selection == "idle":
@@ -143,7 +143,7 @@ def compose_cfg(config_dir: Path, model: str, variant: str, total_steps: int, ou
 
 def logging_plugins(config_dir: Path) -> list[str]:
     """Plugins that only observe training (their class says ``changes_training = False``)."""
-    return [name for name in plugin_names(config_dir) if not plugin_class(config_dir, name).changes_training]
+    return [name for name in training_plugins(config_dir) if not plugin_class(config_dir, name).changes_training]
 
 
 
@@ -287,7 +287,7 @@ def rss_mb() -> float:
 
 def all_variants(config_dir: Path) -> list[str]:
     """raw, lightning, then each engine alone, with each plugin, and with the logging, all and idle sets."""
-    suffixes = ["", *[f"+{name}" for name in plugin_names(config_dir)], "+logging", "+all", "+idle"]
+    suffixes = ["", *[f"+{name}" for name in training_plugins(config_dir)], "+logging", "+all", "+idle"]
     return ["raw", "lightning", *[f"{engine}{suffix}" for engine in ENGINES for suffix in suffixes]]
 
 

@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from hooktrain.registry import check_plugin_overrides
 
 
-def check_command_line(args: list[str], config_dir: Path) -> None:
+def check_command_line(args: list[str], config_dir: Path, config_name: str = "train") -> None:
     """Stops with ``error: <one sentence>`` when the overrides in ``args`` do not compose.
 
     Hydra's own flags (``--help``, ``--cfg``, ``-m``) are left to Hydra; a multirun's sweeps are not composed.
@@ -31,9 +31,9 @@ def check_command_line(args: list[str], config_dir: Path) -> None:
         return
     try:
         with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
-            compose("train", overrides=args)
+            compose(config_name, overrides=args)
     except (HydraException, OmegaConfBaseException) as error:
-        raise SystemExit(f"error: {sentence(error, config_dir, args)}") from None
+        raise SystemExit(f"error: {sentence(error, config_dir, args, config_name)}") from None
 
 
 def check_creatable(path: str, key: str) -> None:
@@ -48,7 +48,7 @@ def check_creatable(path: str, key: str) -> None:
         raise SystemExit(f"error: `{key}={path}`: {existing} is a kernel file system, not storage; choose another path")
 
 
-def sentence(error: Exception, config_dir: Path, args: list[str] = ()) -> str:
+def sentence(error: Exception, config_dir: Path, args: list[str] = (), config_name: str = "train") -> str:
     """One sentence for a composition failure: the override, what is wrong, what would work."""
     text = str(error)
     if isinstance(error, MissingConfigException) and error.options is not None:
@@ -62,15 +62,16 @@ def sentence(error: Exception, config_dir: Path, args: list[str] = ()) -> str:
     if isinstance(error, ConfigCompositionException):
         found = re.search(r"Could not override '([^']+)'", text)
         if found:
-            return _unknown_key(found.group(1), config_dir, [arg for arg in args if arg.partition("=")[0].lstrip("+~") != found.group(1)])
+            others = [arg for arg in args if arg.partition("=")[0].lstrip("+~") != found.group(1)]
+            return _unknown_key(found.group(1), config_dir, others, config_name)
     return text.splitlines()[0]
 
 
-def _unknown_key(key: str, config_dir: Path, others: list[str]) -> str:
+def _unknown_key(key: str, config_dir: Path, others: list[str], config_name: str = "train") -> str:
     """``trainer.max_epoch`` is not a setting; did you mean ``trainer.max_epochs``? (the keys as the other overrides make them)"""
     parent, _, name = key.rpartition(".")
     with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
-        base = compose("train", overrides=others)
+        base = compose(config_name, overrides=others)
     node = OmegaConf.select(base, parent) if parent else base
     siblings = [str(sibling) for sibling in node] if isinstance(node, DictConfig) else []
     close = difflib.get_close_matches(name, siblings, n=1)

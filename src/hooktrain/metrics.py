@@ -35,6 +35,9 @@ class EpochAccuracy:
             return
         losses, logits, targets = zip(*self._pending)
         self._pending.clear()
-        sizes = torch.tensor([len(t) for t in targets], device=self.sums.device, dtype=self.sums.dtype)
+        sizes = [len(t) for t in targets]
+        loss_sum = sum(  # batch sizes as Python numbers: no host-to-device copy; usually one size, the last batch another
+            torch.stack([loss for loss, n in zip(losses, sizes) if n == size]).float().sum() * size for size in sorted(set(sizes))
+        )
         correct = (torch.cat(logits).argmax(dim=1) == torch.cat(targets)).sum()
-        self.sums += torch.stack([(torch.stack(losses).float() * sizes).sum(), correct])
+        self.sums += torch.stack([loss_sum, correct])

@@ -16,6 +16,7 @@ module's inputs, output or gradient. Logging plugins return ``None``.
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -24,7 +25,7 @@ from hooktrain.errors import HooktrainError, check_positive_int
 from hooktrain.stats import StepStats
 
 HOOK_KINDS = ("forward_pre", "forward", "backward_pre", "backward", "output_grad")
-PHASES = ("train", "validate", "test", "predict")
+PHASES = ("train", "validate", "test", "predict", "analyze")  # analyze: python -m hooktrain analyze
 
 
 @dataclass
@@ -36,6 +37,11 @@ class StepInfo:
     total_steps: float = float("inf")  # optimizer steps the fit will take (Lightning's estimate)
     scaler: Any = None  # the GradScaler of a mixed-precision run, else None
     seconds: dict[str, float] = field(default_factory=dict)  # host time spent in each plugin's code this step
+    output_dir: Path | None = None  # the run directory, for plugins that write files (activation_cache)
+    split: str | None = None  # the data split an evaluation phase runs (analyze: test, val or train)
+    split_size: int | None = None  # samples in that split
+    targets: Tensor | None = None  # the current batch's labels, where the engine passes them
+    sample_index: Tensor | None = None  # the current batch's positions in the split (analyze), else None
 
     @property
     def active_scaler(self) -> Any:
@@ -72,7 +78,7 @@ class HookContext:
 
     @property
     def phase(self) -> str:
-        """``train``, ``validate``, ``test`` or ``predict``."""
+        """``train``, ``validate``, ``test``, ``predict`` or ``analyze``."""
         return self.info.phase
 
     def record(self, stat: str, value: Tensor, reduce: str = "mean") -> None:
@@ -115,9 +121,10 @@ class HookPlugin:
         targets: globs over ``model.named_modules()`` names, e.g. ``["features.*"]``.
         types: module class names, e.g. ``["Conv2d", "Linear"]``. Without targets and types,
             the plugin hooks every leaf module that has parameters.
-        phases: where the plugin runs, among ``train``, ``validate``, ``test``, ``predict``. By
-            default ``[train]`` for plugins that observe, and all four for plugins that change the
-            forward computation (``changes_forward``), so evaluation measures the model that trained.
+        phases: where the plugin runs, among ``train``, ``validate``, ``test``, ``predict`` and
+            ``analyze`` (``python -m hooktrain analyze``). By default ``[train]`` for plugins that
+            observe, and all of them for plugins that change the forward computation
+            (``changes_forward``), so evaluation measures the model that trained.
             In evaluation a plugin runs on every batch; what it records is logged once per phase as
             ``<plugin>/<phase>/<stat>/<module>`` and does not touch its buffers.
 
@@ -140,6 +147,10 @@ class HookPlugin:
 
     deterministic_state: bool = True
     """False when the buffers hold measurements that differ between identical runs (wall-clock times): exact-resume checks skip them."""
+
+    trains: bool = True
+    """False for plugins that only make sense on a trained model (patch: it needs an activation file and the positions
+    of analyze's batches): the test kit's training runs and the benchmark leave them out."""
 
     acts_when_idle: bool = False
     """True when the plugin's effect runs at every forward even on its idle steps (pruning's masks, applied by torch)."""
@@ -238,6 +249,11 @@ class HookPlugin:
         as a scalar per module, ``(num_modules, [3,] H, W)`` with values in [0, 1] as an image per module.
         Called for training steps only: evaluation phases log what hooks record and leave buffers alone.
         """
+        return {}
+
+    def end_phase(self, stats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Called when an evaluation phase (validate, test, predict, analyze) the plugin ran in ends, with the
+        phase's statistics combined as for ``update``; returns more statistics to log. Buffers stay as they are."""
         return {}
 
     def export(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor] | None:

@@ -20,6 +20,11 @@ class PluginInfo:
     parameters: list[str]  # "key: default  # comment", as the YAML says
 
 
+def training_plugins(config_dir: Path) -> list[str]:
+    """The plugins that run in training (their class says ``trains``): what the test kit and the benchmark exercise."""
+    return [name for name in plugin_names(config_dir) if plugin_class(config_dir, name).trains]
+
+
 def plugin_names(config_dir: Path) -> list[str]:
     """The names ``plugins=[...]`` accepts: one per ``<config_dir>/plugins/<name>.yaml``.
 

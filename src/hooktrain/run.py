@@ -71,6 +71,7 @@ def build_run(cfg: DictConfig) -> Run:
     # Lightning would still call it on every step.
     hooks = HookCallback(plugins, compiled=bool(compiled), model=model) if plugins else None
     if hooks:
+        hooks.session.info.output_dir = Path(cfg.paths.output_dir)  # for plugins that write files (activation_cache)
         callbacks.append(hooks)
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
     if compiled:  # in place: names and state_dict keys stay the model's own; traced at the first forward, after hooks are in place

@@ -61,8 +61,8 @@ class _Hook:
         start = time.perf_counter()
         try:
             return getattr(self.plugin, self.kind)(self.ctx, module, *args)
-        except PluginHookError:
-            raise
+        except (PluginHookError, HooktrainError):
+            raise  # a plugin's own verdict on its input (activation_cache's byte limit) reads as it is
         except Exception as error:
             where = f"at step {self.ctx.step}" if self.ctx.phase == "train" else f"in {self.ctx.phase} after step {self.ctx.step}"
             raise PluginHookError(
@@ -284,14 +284,15 @@ class HookSession:
         self._clear()
         self._activate({plugin.name for plugin in self.plugins if plugin.is_active(self.info.step, phase)})
 
-    def finish_phase(self, write: bool = True) -> None:
-        """The evaluation phase is over: its statistics (over all its batches) are written once; buffers stay as they are."""
+    def finish_phase(self, write: bool = True) -> dict[str, float]:
+        """The evaluation phase is over: each plugin's ``end_phase``, then its statistics (over all its batches) are
+        written once; buffers stay as they are. Returns the scalars written, ``<plugin>/<phase>/<stat>/<module>``."""
         active = [plugin for plugin in self.plugins if plugin.name in self._active]
         self._activate(set())
-        if active and write:
-            self._flush(active, train=False)
+        scalars = self._flush(active, train=False) if active and write else {}
         self._clear()
         self.info.phase = "train"
+        return scalars
 
     @contextmanager
     def step(self, step: int) -> Iterator[None]:
@@ -354,26 +355,24 @@ class HookSession:
                 for module, ctx in self._contexts[plugin.name]:
                     _Hook(plugin, method, ctx, self._gates[plugin.name])(module)
 
-    def _flush(self, plugins: list[HookPlugin], train: bool) -> None:
-        """Combines the statistics over calls and processes; in training folds them into buffers; writes on logging steps."""
+    def _flush(self, plugins: list[HookPlugin], train: bool) -> dict[str, float]:
+        """Combines the statistics over calls and processes; in training folds them into buffers; writes on logging steps.
+        Returns the scalars written."""
         all_reduce = self._all_reduce or _default_all_reduce()
         writing = [plugin for plugin in plugins if not train or plugin.is_logging(self.info.step)]
         logged: list[tuple[str, str, Tensor, list[bool]]] = []
         for plugin in plugins:
             stats = self._stats[plugin.name]
             combined = stats.combined(all_reduce)
-            extra: dict[str, Tensor] = {}
-            if train:
-                start = time.perf_counter()
-                try:
-                    extra = plugin.update(self.state[plugin.name], combined)
-                except HooktrainError:
-                    raise  # a plugin's own verdict, such as nan_guard's, reads as it is
-                except Exception as error:
-                    raise PluginHookError(
-                        f"plugin {plugin.name!r} failed at step {self.info.step} in its update: {type(error).__name__}: {error}"
-                    ) from error
-                self.info.charge(plugin.name, start)
+            start = time.perf_counter()
+            try:
+                extra = plugin.update(self.state[plugin.name], combined) if train else plugin.end_phase(combined)
+            except HooktrainError:
+                raise  # a plugin's own verdict, such as nan_guard's, reads as it is
+            except Exception as error:
+                where = f"at step {self.info.step} in its update" if train else f"at the end of {self.info.phase}"
+                raise PluginHookError(f"plugin {plugin.name!r} failed {where}: {type(error).__name__}: {error}") from error
+            self.info.charge(plugin.name, start)
             if plugin in writing:
                 logged += [(plugin.name, stat, values, stats.recorded(stat)) for stat, values in combined.items()]
                 logged += [(plugin.name, stat, values, [True] * (len(values) if values.dim() else 1)) for stat, values in extra.items()]
@@ -381,11 +380,11 @@ class HookSession:
             self._first_calls = self._call_counts()
             if _is_writer():
                 log.info("hook map (module, its calls in this first %s, plugin: hooks):\n%s", "step" if train else "phase", self.hook_map())
-        if writing and self.writers and _is_writer():
-            self._write(writing, logged, train)
+        scalars = self._write(writing, logged, train) if writing and self.writers and _is_writer() else {}
         self._clear()
+        return scalars
 
-    def _write(self, plugins: list[HookPlugin], logged: list[tuple[str, str, Tensor, list[bool]]], train: bool) -> None:
+    def _write(self, plugins: list[HookPlugin], logged: list[tuple[str, str, Tensor, list[bool]]], train: bool) -> dict[str, float]:
         """Rank 0: scalars, histograms, images and (once) the custom-scalars layout, from one host copy.
 
         A statistic of shape ``()`` is one scalar for the plugin, ``(num_modules,)`` a scalar per
@@ -437,6 +436,7 @@ class HookSession:
             for writer in self.writers:
                 writer.write_layout(layout)
             self._layout_written = True
+        return scalars
 
     def _tag(self, plugin_name: str, stat: str, index: int) -> str:
         return f"{plugin_name}/{stat}/{self._contexts[plugin_name][index][1].module_name}"

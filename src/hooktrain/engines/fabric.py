@@ -7,10 +7,8 @@ Trainer engine writes: the same metrics, TensorBoard events, ``checkpoints/last.
 Trainer's per-step machinery: every callback hook, loop objects, result collections.
 """
 
-import inspect
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,11 +17,11 @@ import torch
 from lightning.fabric import Fabric
 from lightning.fabric.plugins import Precision
 from lightning.fabric.strategies import SingleDeviceStrategy
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from hooktrain.engines.lightning import HookCallback
+from hooktrain.engines.trainer_settings import check_task, limit, optimizer_and_scheduler, refuse_trainer_only, set_torch_flags, sort_callbacks
 from hooktrain.errors import HooktrainError, NonFiniteError
 from hooktrain.metrics import EpochAccuracy
 from hooktrain.session import HookSession
@@ -77,13 +75,13 @@ class FabricTrainer:
         default_root_dir: str | Path | None = None,
         **trainer_only: Any,
     ) -> None:
-        _refuse_trainer_only(trainer_only)
+        refuse_trainer_only(trainer_only)
         if strategy not in STRATEGIES:
             raise HooktrainError(
                 f"`strategy`: the Fabric engine runs {', '.join(STRATEGIES)}, got {strategy!r}; "
                 "use the Trainer (trainer=cpu or trainer=gpu) for sharded strategies"
             )
-        self.hooks, self.checkpoints, self.lr_monitor, self.progress_refresh = _sort_callbacks(callbacks or [], enable_progress_bar)
+        self.hooks, self.checkpoints, self.lr_monitor, self.progress_refresh = sort_callbacks(callbacks or [], enable_progress_bar)
         if enable_checkpointing is False:
             self.checkpoints = []
         loggers = [] if logger is None or logger is False else list(logger) if isinstance(logger, (list, tuple)) else [logger]
@@ -101,7 +99,7 @@ class FabricTrainer:
         self.accumulate_grad_batches = accumulate_grad_batches
         self.gradient_clip_val, self.gradient_clip_algorithm = gradient_clip_val, gradient_clip_algorithm or "norm"
         self.inference_mode, self.use_distributed_sampler, self.sync_batchnorm = inference_mode, use_distributed_sampler, sync_batchnorm
-        _set_torch_flags(deterministic, benchmark)
+        set_torch_flags(deterministic, benchmark)
         self.global_step = 0
         self.current_epoch = 0
         self._launched = False
@@ -126,27 +124,27 @@ class FabricTrainer:
     def fit(self, task: pl.LightningModule, datamodule: pl.LightningDataModule, ckpt_path: str | None = None) -> None:
         """Trains for ``max_epochs`` (or ``max_steps``), validating each ``check_val_every_n_epoch`` and saving the checkpoints
         at each epoch's end; ``ckpt_path`` resumes a checkpoint this engine wrote, from the epoch after it."""
-        _check_task(task)
+        check_task(task)
         self._launch()
         datamodule.setup("fit")
         session = self._session(task)
         if self.sync_batchnorm:
             task.model = nn.SyncBatchNorm.convert_sync_batchnorm(task.model)
-        optimizer, scheduler = _optimizer_and_scheduler(task.configure_optimizers())
+        optimizer, scheduler = optimizer_and_scheduler(task.configure_optimizers())
         model, optimizer = self.fabric.setup(task, optimizer)
         self._model = model
         train_loader, val_loader = self._loaders(datamodule.train_dataloader(), datamodule.val_dataloader())
         resumed = self._restore(ckpt_path, model, optimizer, scheduler) if ckpt_path else None
         if self.enable_model_summary and self.is_global_zero:
             log.info("\n%s", pl.utilities.model_summary.summarize(task))
-        train_batches = _limit(self.limits["train"], len(train_loader))
+        train_batches = limit(self.limits["train"], len(train_loader))
         steps_per_epoch = math.ceil(train_batches / self.accumulate_grad_batches)
         if session is not None:
             session.info.total_steps = min(
                 self.max_steps if self.max_steps >= 0 else math.inf, (self.max_epochs or math.inf) * steps_per_epoch
             )
             session.info.scaler = getattr(self.fabric.strategy.precision, "scaler", None)
-        val_batches = _limit(self.limits["val"], len(val_loader))
+        val_batches = limit(self.limits["val"], len(val_loader))
         if self.num_sanity_val_steps and val_batches:
             self._evaluate(model, task, val_loader, "validate", min(self.num_sanity_val_steps, val_batches), write=False)
         if resumed is not None:
@@ -177,14 +175,14 @@ class FabricTrainer:
         """Tests the model as it is (``ckpt_path`` must be None) and logs ``test/loss`` and ``test/acc`` at the last step."""
         if ckpt_path is not None:
             raise HooktrainError("the Fabric engine tests the model it holds; load a checkpoint into it first")
-        _check_task(task)
+        check_task(task)
         self._launch()
         datamodule.setup("test")
         session = self._session(task)
         model = self._model if self._model is not None and self._model.module is task else self.fabric.setup_module(task)
         loader = self._loaders(datamodule.test_dataloader())
         try:
-            metrics = self._evaluate(model, task, loader, "test", _limit(self.limits["test"], len(loader)))
+            metrics = self._evaluate(model, task, loader, "test", limit(self.limits["test"], len(loader)))
         finally:
             if session is not None:
                 session.close()
@@ -237,6 +235,7 @@ class FabricTrainer:
                 break
             steps_now = (batch_idx + 1) % accumulate == 0 or batch_idx + 1 == batches
             if session is not None:
+                session.info.targets = y
                 session.start_step(self.global_step)
             if plain:
                 logits = forward(x)
@@ -367,87 +366,8 @@ def _path(callback: ModelCheckpoint) -> Path:
     return Path(callback.dirpath) / f"{callback.filename}{callback.FILE_EXTENSION}"
 
 
-def _refuse_trainer_only(arguments: dict[str, Any]) -> None:
-    """Trainer arguments left at Lightning's defaults pass (the config lists them all); a changed one is refused."""
-    defaults = inspect.signature(pl.Trainer.__init__).parameters
-    for name, value in arguments.items():
-        if name not in defaults:
-            raise HooktrainError(f"`{name}` is not an argument of the Lightning Trainer or the Fabric engine")
-        if value != defaults[name].default:
-            raise HooktrainError(
-                f"`{name}`: the Fabric engine (trainer=fabric) does not run this Trainer setting; "
-                f"remove it or train with the Trainer engine (trainer=cpu or trainer=gpu)"
-            )
-
-
-def _sort_callbacks(callbacks: list[Callback], enable_progress_bar: bool | None) -> tuple[Any, list[ModelCheckpoint], Any, int | None]:
-    """The callbacks this loop implements itself: the plugins' HookCallback, checkpoints, the learning-rate monitor, a progress bar."""
-    hooks, checkpoints, lr_monitor, refresh = None, [], None, None
-    for callback in callbacks:
-        if isinstance(callback, HookCallback):
-            hooks = callback
-        elif isinstance(callback, ModelCheckpoint):
-            if callback.save_top_k != 1 or callback.save_last or "{" in (callback.filename or "{") or callback._every_n_train_steps:
-                raise HooktrainError(
-                    "`callbacks`: the Fabric engine saves a ModelCheckpoint with save_top_k=1 and a plain filename (dirpath/filename.ckpt) "
-                    "at each epoch's end; simplify it or train with the Trainer engine (trainer=cpu)"
-                )
-            checkpoints.append(callback)
-        elif isinstance(callback, LearningRateMonitor):
-            lr_monitor = callback
-        elif isinstance(callback, ProgressBar):
-            refresh = max(int(getattr(callback, "refresh_rate", 1) or 1), 1)
-        else:
-            raise HooktrainError(
-                f"`callbacks`: the Fabric engine runs no Lightning callback such as {type(callback).__name__} (it implements "
-                "ModelCheckpoint, LearningRateMonitor and the progress bar itself); remove it or train with trainer=cpu"
-            )
-    return hooks, checkpoints, lr_monitor, refresh if enable_progress_bar is not False else None
-
-
-def _check_task(task: Any) -> None:
-    if not (isinstance(getattr(task, "model", None), nn.Module) and callable(getattr(task, "loss", None))):
-        raise HooktrainError(
-            f"`task`: the Fabric engine trains a task with a `model` and a `loss(logits, targets)` (hooktrain.task.ClassifierTask "
-            f"or a subclass), got {type(task).__name__}; train other LightningModules with trainer=cpu"
-        )
-
-
-def _optimizer_and_scheduler(configured: Any) -> tuple[torch.optim.Optimizer, Any]:
-    """The optimizer and epoch scheduler of ``configure_optimizers``: an optimizer, or ``{"optimizer", "lr_scheduler"}``."""
-    if isinstance(configured, torch.optim.Optimizer):
-        return configured, None
-    if isinstance(configured, dict) and isinstance(configured.get("optimizer"), torch.optim.Optimizer):
-        scheduler = configured.get("lr_scheduler")
-        if isinstance(scheduler, dict):
-            if scheduler.get("interval", "epoch") != "epoch":
-                raise HooktrainError("`task.scheduler`: the Fabric engine steps schedulers once per epoch")
-            scheduler = scheduler["scheduler"]
-        return configured["optimizer"], scheduler
-    raise HooktrainError("`task`: the Fabric engine needs configure_optimizers to return one optimizer, or a dict with one and its scheduler")
-
-
 def _learning_rates(optimizer: Any) -> dict[str, float]:
     """Named as LearningRateMonitor names them: ``lr-Adam``, ``lr-Adam/pg2`` for further parameter groups."""
     name = f"lr-{type(optimizer.optimizer if hasattr(optimizer, 'optimizer') else optimizer).__name__}"
     groups = optimizer.param_groups
     return {name if i == 0 else f"{name}/pg{i + 1}": group["lr"] for i, group in enumerate(groups)}
-
-
-def _limit(limit: int | float | None, available: int) -> int:
-    """Lightning's ``limit_*_batches``: a count (int) or a share of the batches (float); None means all."""
-    if limit is None:
-        return available
-    if isinstance(limit, float):
-        return int(available * limit)
-    return min(limit, available)
-
-
-def _set_torch_flags(deterministic: bool | str | None, benchmark: bool | None) -> None:
-    """What the Trainer sets for ``deterministic`` and ``benchmark``."""
-    if deterministic is not None:
-        torch.use_deterministic_algorithms(bool(deterministic), warn_only=deterministic == "warn")
-        if deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    if benchmark is not None:
-        torch.backends.cudnn.benchmark = benchmark

@@ -54,6 +54,7 @@ class HookCallback(Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self.session.info.scaler = getattr(trainer.precision_plugin, "scaler", None)
+        self.session.info.targets = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
         self.session.start_step(trainer.global_step)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
