@@ -347,7 +347,7 @@ def test_observers_run_in_training_only_unless_given_other_phases(tmp_path):
 
 
 def test_phases_must_be_known():
-    with pytest.raises(HooktrainError, match=r"`plugins.p.phases` must be a non-empty list of \['train', 'validate', 'test', 'predict'\], got \['eval'\]"):
+    with pytest.raises(HooktrainError, match=r"`plugins.p.phases` must be a non-empty list of \['train', 'validate', 'test', 'predict', 'analyze'\], got \['eval'\]"):
         HookPlugin(name="p", phases=["eval"])
 
 
