@@ -130,3 +130,18 @@ def test_ddp_on_two_cpu_processes_with_every_plugin(tmp_path):
     assert state["plugin_state.pruning.target_sparsity"].item() == pytest.approx(0.5)
     events = scalars(tmp_path)
     assert [step for step, _ in events["test/acc"]] == [6]
+
+
+def test_the_csv_logger_gets_the_same_metrics(make_cfg, tmp_path):
+    train(make_cfg("trainer=fabric", "model=mlp", "logger=csv", "trainer.max_epochs=2"))
+    header, *rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "test/loss", "lr-Adam"} <= set(header.split(","))
+    assert len(rows) >= 8
+
+
+@pytest.mark.slow
+def test_a_compiled_model_keeps_its_hooks_and_its_names(make_cfg, tmp_path):
+    train(make_cfg("trainer=fabric", "model=mlp", "compile=true", "plugins=[grad_logger]", "plugins.grad_logger.every_n_steps=2"))
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state["plugin_state.grad_logger.updates"].item() == 2  # steps 0 and 2 of 4: the gated hooks fired, and only then
+    assert not any("_orig_mod" in key for key in torch.load(tmp_path / "model.pt", weights_only=True))

@@ -215,6 +215,8 @@ def _run_raw_loop(cfg: DictConfig, total: int, stamps: list[float]) -> None:
     datamodule.setup("fit")
     stamp_batches(datamodule, stamps)
     model = build(cfg.model, "model").to(device)
+    if cfg.get("compile"):  # compiled as train.py compiles it: python -m hooktrain.bench compile=true
+        model.compile(**({"backend": cfg.compile} if isinstance(cfg.compile, str) else {}))
     optimizer = build(cfg.task.optimizer, "task.optimizer")(model.parameters())
     model.train()
     while len(stamps) < total:
