@@ -11,7 +11,7 @@ from lightning.pytorch import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from conftest import PLUGINS, ROOT, every_plugin, run_cli
+from conftest import ROOT, every_plugin, run_cli
 from hooktrain import HookCallback, HookPlugin, HooktrainError, PluginHookError, train
 from hooktrain.errors import NonFiniteError
 from hooktrain.registry import plugin_names

@@ -8,7 +8,6 @@ checkpoint is only read.
 """
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from torch.utils.data import DataLoader, SequentialSampler
 from hooktrain.build import build, build_plugins
 from hooktrain.cli import check_command_line
 from hooktrain.data.tensors import WholeBatches, batch_as_is
-from hooktrain.errors import HooktrainError, PluginHookError
+from hooktrain.errors import HooktrainError, in_one_sentence
 from hooktrain.metrics import EpochAccuracy
 from hooktrain.run import check_model_takes_data, uncompiled
 from hooktrain.rundir import run_directory
@@ -44,13 +43,9 @@ def main(args: list[str], config_dir: Path) -> None:
 
 
 def run(cfg: DictConfig) -> None:
-    """One sentence and exit status 1 for a user mistake (``HYDRA_FULL_ERROR=1``: the traceback)."""
-    try:
+    """The command's entry: a user mistake or a plugin's failure ends it in one sentence, exit status 1."""
+    with in_one_sentence():
         analyze(cfg)
-    except (HooktrainError, PluginHookError) as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        raise SystemExit(f"error: {error}") from None
 
 
 def analyze(cfg: DictConfig) -> dict[str, float]:

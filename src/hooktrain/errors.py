@@ -1,5 +1,8 @@
 """The one exception type for user mistakes, and the checks that raise it."""
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from numbers import Real
 
 
@@ -41,3 +44,17 @@ def _is_number(value: object) -> bool:
 
 class NonFiniteError(HooktrainError):
     """Training produced NaN or inf; the message names the step and where it appeared first."""
+
+
+@contextmanager
+def in_one_sentence() -> Iterator[None]:
+    """Around a command: a user mistake or a plugin's failure ends it with ``error: <sentence>`` and exit status 1.
+
+    ``HYDRA_FULL_ERROR=1`` shows the whole traceback instead, as it does for Hydra's own errors.
+    """
+    try:
+        yield
+    except (HooktrainError, PluginHookError) as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        raise SystemExit(f"error: {error}") from None

@@ -15,7 +15,7 @@ from torch import nn
 
 from hooktrain.build import build, build_plugins
 from hooktrain.engines.lightning import HookCallback
-from hooktrain.errors import HooktrainError, PluginHookError, check_positive
+from hooktrain.errors import HooktrainError, check_positive, in_one_sentence
 from hooktrain.export import AtomicCheckpointIO, save_atomic
 from hooktrain.hparams import run_settings
 from hooktrain.rundir import run_directory
@@ -26,16 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> None:
-    """The command line's entry: trains, and turns a user mistake or a plugin's failure into one sentence and exit status 1.
-
-    ``HYDRA_FULL_ERROR=1`` shows the whole traceback instead, as it does for Hydra's own errors.
-    """
-    try:
+    """The command line's entry: trains; a user mistake or a plugin's failure ends it in one sentence, exit status 1."""
+    with in_one_sentence():
         train(cfg)
-    except (HooktrainError, PluginHookError) as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        raise SystemExit(f"error: {error}") from None
 
 
 @dataclass
