@@ -78,6 +78,7 @@ def test_a_resumed_run_equals_a_straight_one_bit_for_bit(make_cfg, tmp_path):
         ("+callbacks.early_stopping={_target_:lightning.pytorch.callbacks.EarlyStopping,monitor:'val/acc'}",
          r"runs no Lightning callback such as EarlyStopping"),
         ("+callbacks.model_checkpoint.save_top_k=3", r"saves a ModelCheckpoint with save_top_k=1"),
+        ("callbacks.lr_monitor.logging_interval=step", r"logs the learning rate once per epoch"),
         ("trainer.max_epochs=abc", r"`trainer.max_epochs`"),
     ],
 )

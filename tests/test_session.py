@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from hooktrain import HookCallback, HookPlugin, HookSession, HooktrainError, PluginHookError
+from hooktrain import HookCallback, HookPlugin, HookSession, HooktrainError, PluginHookError, Writer
 from hooktrain.data import SyntheticDataModule
 from hooktrain.models import MLP
 from hooktrain.plugin import HookContext, StepInfo
@@ -433,3 +433,41 @@ def test_absmax_is_the_largest_magnitude_and_carries_nan_and_inf():
     assert absmax(values).item() == 3.0  # the largest magnitude is a negative value
     assert absmax(torch.tensor([1.0, float("-inf")])).item() == float("inf")
     assert torch.isnan(absmax(torch.tensor([1.0, float("nan"), -5.0])))
+
+
+class RecordingWriter(Writer):
+    """Keeps what the session writes, to compare with what the plugin produced."""
+
+    def __init__(self):
+        self.scalars, self.images, self.histograms = {}, {}, {}
+
+    def write_scalars(self, scalars, step):
+        self.scalars.update(scalars)
+
+    def write_histogram(self, tag, summary, step):
+        self.histograms[tag] = summary
+
+    def write_image(self, tag, image, step):
+        self.images[tag] = image.clone()
+
+
+class Pictures(HookPlugin):
+    """A scalar and a histogram per module from its hook, a picture per module from update."""
+
+    def forward(self, ctx, module, args, output):
+        ctx.record("level", torch.tensor(ctx.index + 0.5))
+        ctx.record_histogram("values", torch.arange(4.0) + ctx.index)
+
+    def update(self, state, stats):
+        return {"picture": torch.arange(2 * 2 * 3, dtype=torch.float32).view(2, 2, 3) / 12, "total": stats["level"].sum()}
+
+
+def test_scalars_histograms_and_pictures_reach_the_writer_each_in_its_place():
+    model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)  # fc1, head
+    writer = RecordingWriter()
+    with HookSession(model, [Pictures(name="p", targets=["fc1", "head"])], writers=[writer]) as session, session.step(0):
+        model(torch.randn(5, 4)).sum().backward()
+    assert writer.scalars["p/level/fc1"] == 0.5 and writer.scalars["p/level/head"] == 1.5 and writer.scalars["p/total"] == 2.0
+    expected = torch.arange(12, dtype=torch.float32).view(2, 2, 3) / 12
+    assert torch.equal(writer.images["p/picture/fc1"], expected[0]) and torch.equal(writer.images["p/picture/head"], expected[1])
+    assert writer.histograms["p/values/head"][:5] == [1.0, 4.0, 4.0, 10.0, 30.0]  # min, max, count, sum, sum of squares

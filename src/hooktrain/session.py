@@ -392,36 +392,44 @@ class HookSession:
         with values in [0, 1]; other shapes are the plugin's own business.
         """
         phase = "" if train else f"{self.info.phase}/"
-        logged = [entry for entry in logged if entry[2].dim() in (0, 1, 3, 4)]
+        # Scalars first, pictures last: only the numbers before the pictures become Python floats (``tolist``).
+        logged = sorted((entry for entry in logged if entry[2].dim() in (0, 1, 3, 4)), key=lambda entry: entry[2].dim() > 1)
         histograms = [
             (self._tag(plugin.name, phase + stat, index), summary)
             for plugin in plugins
             for (stat, index), summary in self._stats[plugin.name].histograms.items()
         ]
-        parts = [values.detach().float().flatten() for _, _, values, _ in logged] + [summary for _, summary in histograms]
+        pictures = [values.detach().float().flatten() for _, _, values, _ in logged if values.dim() > 1]
+        numeric = [values.detach().float().flatten() for _, _, values, _ in logged if values.dim() <= 1]
+        parts = numeric + [summary for _, summary in histograms] + pictures
         # Gathered on the accelerator (host-side timings join it), then one copy to the host.
         device = next((part.device for part in parts if part.device.type != "cpu"), torch.device("cpu"))
         host = torch.cat([part.to(device, non_blocking=True) for part in parts]).cpu() if parts else torch.empty(0)
-        numbers = host.tolist()
+        numbers = host[: len(host) - sum(part.numel() for part in pictures)].tolist()
         step, position = self.info.step, 0
         # Host time in each plugin's hooks and update this step (on a GPU: launch time, not kernel time).
         scalars = {f"plugin/overhead_ms/{name}": 1000 * spent for name, spent in self.info.seconds.items()} if train else {}
         images: list[tuple[str, Tensor]] = []
+        summaries = []
         for plugin_name, stat, values, present in logged:
+            if values.dim() > 1:
+                continue
             start, position = position, position + values.numel()
             if values.dim() == 0:  # one value for the whole plugin
                 scalars[f"{plugin_name}/{phase}{stat}"] = numbers[start]
                 continue
-            chunk = host[start:position].view(values.shape)
             for index, keep in enumerate(present):
-                if keep and values.dim() == 1:
+                if keep:
                     scalars[self._tag(plugin_name, phase + stat, index)] = numbers[start + index]
-                elif keep:
-                    images.append((self._tag(plugin_name, phase + stat, index), chunk[index]))
-        summaries = []
         for tag, summary in histograms:
             summaries.append((tag, numbers[position : position + len(summary)]))
             position += len(summary)
+        for plugin_name, stat, values, present in logged:
+            if values.dim() <= 1:
+                continue
+            start, position = position, position + values.numel()
+            chunk = host[start:position].view(values.shape)
+            images += [(self._tag(plugin_name, phase + stat, index), chunk[index]) for index, keep in enumerate(present) if keep]
         for writer in self.writers:
             writer.write_scalars(scalars, step)
             for tag, summary in summaries:

@@ -40,6 +40,11 @@ def sort_callbacks(callbacks: list[Callback], enable_progress_bar: bool | None) 
                 )
             checkpoints.append(callback)
         elif isinstance(callback, LearningRateMonitor):
+            if callback.logging_interval == "step":
+                raise HooktrainError(
+                    "`callbacks`: the Fabric engine logs the learning rate once per epoch (its schedulers step per epoch); "
+                    "set the LearningRateMonitor's logging_interval to epoch"
+                )
             lr_monitor = callback
         elif isinstance(callback, ProgressBar):
             refresh = max(int(getattr(callback, "refresh_rate", 1) or 1), 1)
