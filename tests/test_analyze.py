@@ -121,6 +121,8 @@ def test_the_command_line_runs_and_refuses_in_one_sentence(trained, tmp_path):
     assert "test/acc" in result.stdout and (tmp_path / "ok" / "activations" / "test.safetensors").is_file()
     result = run_cli("-m", "hooktrain", "analyze", f"ckpt_path={trained / 'model.pt'}", "splt=val", f"hydra.run.dir={tmp_path / 'bad'}")
     assert result.returncode == 1 and result.stderr.strip() == "error: `splt` is not a setting of the config; did you mean `split`? (to add a new key on purpose: +splt=...)"
+    result = run_cli("-m", "hooktrain", "analyze", f"ckpt_path={trained / 'model.pt'}", cwd=tmp_path)
+    assert result.returncode == 1 and "run python -m hooktrain analyze from the project's folder" in result.stderr
 
 
 def test_a_pruned_checkpoint_loads_with_its_masks_multiplied_out(trained, tmp_path):

@@ -37,6 +37,8 @@ BACKWARD_KINDS = ("backward_pre", "backward", "output_grad")
 
 def main(args: list[str], config_dir: Path) -> None:
     """The command line: overrides checked as train.py checks them, then Hydra runs :func:`run`."""
+    if not (config_dir / "analyze.yaml").is_file():
+        raise SystemExit(f"error: no {config_dir / 'analyze.yaml'} here; run python -m hooktrain analyze from the project's folder (beside train.py)")
     check_command_line(args, config_dir, config_name="analyze")
     sys.argv = [f"{sys.argv[0]} analyze", *args]
     hydra.main(version_base="1.3", config_path=str(config_dir.resolve()), config_name="analyze")(run)()
