@@ -121,6 +121,8 @@ def test_the_command_line_runs_and_refuses_in_one_sentence(trained, tmp_path):
     assert "test/acc" in result.stdout and (tmp_path / "ok" / "activations" / "test.safetensors").is_file()
     result = run_cli("-m", "hooktrain", "analyze", f"ckpt_path={trained / 'model.pt'}", "splt=val", f"hydra.run.dir={tmp_path / 'bad'}")
     assert result.returncode == 1 and result.stderr.strip() == "error: `splt` is not a setting of the config; did you mean `split`? (to add a new key on purpose: +splt=...)"
+    help_text = run_cli("-m", "hooktrain", "analyze", "--help").stdout
+    assert "analyze is powered by Hydra" in help_text and "plugins: ablate, activation_cache" in help_text and "split: test" in help_text
     result = run_cli("-m", "hooktrain", "analyze", f"ckpt_path={trained / 'model.pt'}", cwd=tmp_path)
     assert result.returncode == 1 and "run python -m hooktrain analyze from the project's folder" in result.stderr
 

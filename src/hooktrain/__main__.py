@@ -16,11 +16,13 @@ def main(argv: list[str] | None = None) -> None:
         "analyze", help="run a data split through a trained model with plugins (Hydra overrides: ckpt_path=... plugins=[...])", add_help=False
     )
     analyzing.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides of conf/analyze.yaml, e.g. ckpt_path=<run>/model.pt")
-    args = parser.parse_args(argv)
-    if args.command == "analyze":
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "analyze":  # Hydra's own flags (--help, --cfg job) go to Hydra
         from hooktrain.analyze import main as analyze  # imported here: it imports Hydra's app machinery
 
-        return analyze(args.overrides, Path("conf"))
+        return analyze([*unknown, *args.overrides], Path("conf"))
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         plugins = available_plugins(args.config_dir)
     except HooktrainError as error:
