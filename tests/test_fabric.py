@@ -93,7 +93,13 @@ def test_a_checkpoint_of_the_other_engine_is_refused_before_training(make_cfg, t
     last = tmp_path / "trainer" / "checkpoints" / "last.ckpt"
     with pytest.raises(HooktrainError, match=r"was written by the Trainer engine, whose loop state this engine cannot continue; resume it with trainer=cpu"):
         train(make_cfg("trainer=fabric", "model=mlp", f"ckpt_path={last}", f"paths.output_dir={tmp_path / 'fabric'}"))
-    assert not (tmp_path / "fabric" / "checkpoints").exists()  # nothing trained, nothing written
+    assert not (tmp_path / "fabric").exists()  # nothing trained, nothing written
+
+    train(make_cfg("trainer=fabric", "model=mlp", f"paths.output_dir={tmp_path / 'fabric_run'}"))
+    last = tmp_path / "fabric_run" / "checkpoints" / "last.ckpt"
+    with pytest.raises(HooktrainError, match=r"was written by the Fabric engine, whose loop state this engine cannot continue; resume it with trainer=fabric"):
+        train(make_cfg("model=mlp", f"ckpt_path={last}", f"paths.output_dir={tmp_path / 'trainer_again'}"))
+    assert not (tmp_path / "trainer_again").exists()
 
 
 def test_bf16_mixed_precision_trains_with_plugins_seeing_finite_gradients(make_cfg, tmp_path):

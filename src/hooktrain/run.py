@@ -24,6 +24,8 @@ from hooktrain.writers import TensorBoardWriter
 
 log = logging.getLogger(__name__)
 
+ENGINES = {"trainer": ("the Trainer engine", "trainer=cpu"), "fabric": ("the Fabric engine", "trainer=fabric")}  # what resumes which checkpoint
+
 
 def run(cfg: DictConfig) -> None:
     """The command line's entry: trains; a user mistake or a plugin's failure ends it in one sentence, exit status 1."""
@@ -82,7 +84,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         HooktrainError: a config value is wrong; raised before training starts.
     """
     run = build_run(cfg)
-    ckpt_path = check_checkpoint(cfg.get("ckpt_path"), run.task.model, cfg.task.get("scheduler"))
+    ckpt_path = check_checkpoint(cfg.get("ckpt_path"), run.task.model, cfg.task.get("scheduler"), getattr(run.trainer, "engine", "trainer"))
     output_dir = Path(cfg.paths.output_dir)
     with run_directory(output_dir, resuming_from=ckpt_path):
         return fit_test_export(cfg, run, ckpt_path, output_dir)
@@ -225,9 +227,10 @@ def check_optimizer(task: pl.LightningModule) -> None:
         check_positive("task.optimizer.lr", group.get("lr"))
 
 
-def check_checkpoint(ckpt_path: str | None, model: nn.Module, scheduler: DictConfig | None = None) -> str | None:
-    """A resume checkpoint must exist, be a Lightning checkpoint, hold this model's tensors in the same form (pruned
-    or not), and have the learning-rate schedule this config asks for (Lightning restores the saved one as it is)."""
+def check_checkpoint(ckpt_path: str | None, model: nn.Module, scheduler: DictConfig | None = None, engine: str = "trainer") -> str | None:
+    """A resume checkpoint must exist, be a checkpoint of this engine (``trainer`` or ``fabric``: neither continues the
+    other's loop state), hold this model's tensors in the same form (pruned or not), and have the learning-rate schedule
+    this config asks for (a resumed run restores the saved one as it is)."""
     if ckpt_path is None or ckpt_path in ("last", "best"):
         return ckpt_path
     if not Path(ckpt_path).is_file():
@@ -240,6 +243,13 @@ def check_checkpoint(ckpt_path: str | None, model: nn.Module, scheduler: DictCon
             f"`ckpt_path`: {ckpt_path!r} is not a Lightning checkpoint (torch.load cannot read it: {type(error).__name__}); "
             "give the path of a .ckpt file, e.g. <run dir>/checkpoints/last.ckpt"
         ) from None
+    written_by = checkpoint.get("engine", "trainer")  # Lightning's own checkpoints carry no mark
+    if written_by != engine:
+        name, option = ENGINES.get(written_by, (written_by, "the engine that wrote it"))
+        raise HooktrainError(
+            f"`ckpt_path`: {ckpt_path!r} was written by {name}, whose loop state this engine cannot continue; "
+            f"resume it with {option} (or start from its weights: model.pt)"
+        )
     saved_model = {key.removeprefix("model."): value for key, value in saved.items() if key.startswith("model.")}
     own_model = model.state_dict()
     saved_shapes, own_shapes = _weight_shapes(saved_model), _weight_shapes(own_model)

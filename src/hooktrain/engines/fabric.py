@@ -42,6 +42,8 @@ class FabricTrainer:
         HooktrainError: an unsupported Trainer argument, strategy or callback.
     """
 
+    engine = "fabric"  # the mark its checkpoints carry: run.check_checkpoint refuses them to the Trainer, and the Trainer's to this
+
     def __init__(
         self,
         *,
@@ -331,7 +333,7 @@ class FabricTrainer:
         if not due:
             return
         state = {
-            "engine": "fabric", "epoch": self.current_epoch, "global_step": self.global_step, "state_dict": model,
+            "engine": self.engine, "epoch": self.current_epoch, "global_step": self.global_step, "state_dict": model,
             "optimizer": optimizer, "lr_schedulers": [scheduler.state_dict()] if scheduler is not None else [],
             "best_scores": {c.filename: c.best_model_score for c in self.checkpoints if c.best_model_score is not None},
         }
@@ -343,11 +345,6 @@ class FabricTrainer:
 
     def _restore(self, ckpt_path: str, model: nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
         """Loads model, plugin state, optimizer, schedule and position from a checkpoint of this engine; returns the rest."""
-        if torch.load(ckpt_path, map_location="cpu", weights_only=True).get("engine") != "fabric":
-            raise HooktrainError(
-                f"`ckpt_path`: {ckpt_path!r} was written by the Trainer engine, whose loop state this engine cannot continue; "
-                "resume it with trainer=cpu (or start from its weights: model.pt)"
-            )
         remainder = self.fabric.load(ckpt_path, {"state_dict": model, "optimizer": optimizer})
         if scheduler is not None and remainder.get("lr_schedulers"):
             scheduler.load_state_dict(remainder["lr_schedulers"][0])
