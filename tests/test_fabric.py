@@ -152,3 +152,29 @@ def test_a_compiled_model_keeps_its_hooks_and_its_names(make_cfg, tmp_path):
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert state["plugin_state.grad_logger.updates"].item() == 2  # steps 0 and 2 of 4: the gated hooks fired, and only then
     assert not any("_orig_mod" in key for key in torch.load(tmp_path / "model.pt", weights_only=True))
+
+
+def test_gradient_clipping_under_a_grad_scaler_clips_the_true_gradients():
+    """Without any plugin too: clipping scaled gradients would shrink every step by the scale (here 1024)."""
+    from functools import partial
+
+    from lightning.fabric.plugins import MixedPrecision
+
+    from hooktrain.data import SyntheticDataModule
+    from hooktrain.engines.fabric import FabricTrainer
+    from hooktrain.models import MLP
+    from hooktrain.task import ClassifierTask
+
+    def trained(plugins):
+        torch.manual_seed(0)
+        trainer = FabricTrainer(accelerator="cpu", devices=1, plugins=plugins, max_epochs=1, limit_train_batches=3, limit_val_batches=0,
+                                num_sanity_val_steps=0, gradient_clip_val=1e-3, enable_progress_bar=False, enable_model_summary=False)
+        task = ClassifierTask(MLP(in_features=64, hidden_sizes=[16], num_classes=10), optimizer=partial(torch.optim.SGD, lr=1.0))
+        before = torch.cat([p.detach().flatten() for p in task.model.parameters()])
+        trainer.fit(task, SyntheticDataModule(num_samples=256))
+        return torch.cat([p.detach().flatten() for p in task.model.parameters()]) - before
+
+    fp32 = trained(None)
+    scaled = trained([MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0**10))])  # fp16 under a GradScaler, on the CPU
+    assert 1e-3 < fp32.norm() <= 3e-3 + 1e-6  # 3 clipped steps of norm 1e-3 at lr 1
+    torch.testing.assert_close(scaled, fp32, rtol=1e-3, atol=1e-6)

@@ -225,7 +225,8 @@ class FabricTrainer:
     def _train_epoch(self, model: nn.Module, task: Any, optimizer: Any, loader: Any, batches: int) -> dict[str, float]:
         """One epoch: forward, backward, the session's step boundaries, clipping, the optimizer; the loss read on logging steps only."""
         fabric, session, accumulate = self.fabric, self.hooks.session if self.hooks else None, self.accumulate_grad_batches
-        scaler = session.info.active_scaler if session is not None else None
+        scaler = getattr(fabric.strategy.precision, "scaler", None)  # 16-mixed: unscaled for plugins and clipping alike
+        scaler = scaler if scaler is not None and scaler.is_enabled() else None
         plain = self._plain()
         forward, step_optimizer = (model.module, optimizer.optimizer) if plain else (model, optimizer)
         model.train()
