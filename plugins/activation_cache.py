@@ -34,12 +34,16 @@ class ActivationCache(HookPlugin):
         self.max_samples = check_positive_int(self.field("max_samples"), max_samples)
         self.max_bytes = check_positive_int(self.field("max_bytes"), max_bytes)
         self.grads = bool(grads)
+        self._reset()
+
+    def _reset(self) -> None:
+        """An empty capture: at the start, and after each file written."""
         self._kept: dict[str, list[Tensor]] = {}  # key -> batches, on the CPU
         self._taken: dict[str, int] = {}  # module -> samples of the current batch it keeps (its gradient keeps as many)
         self._samples = 0  # samples kept so far
         self._batch: object = None  # the current batch's marker: new batch, new rows
         self._planned = 0  # bytes the capture will take, summed as modules report their first output
-        self._sized: set[str] = set()
+        self._sized: set[str] = set()  # modules whose size is counted in _planned
 
     def hook_kinds(self) -> list[str]:
         return ["forward", "output_grad"] if self.grads else ["forward"]
@@ -110,4 +114,4 @@ class ActivationCache(HookPlugin):
             path = self.info.output_dir / "activations" / f"{stem}.safetensors"
             path.parent.mkdir(parents=True, exist_ok=True)
             save_file(tensors, str(path), metadata={"plugin": self.name, "phase": self.info.phase, "step": str(self.info.step)})
-        self._kept, self._taken, self._samples, self._batch, self._planned, self._sized = {}, {}, 0, None, 0, set()
+        self._reset()
