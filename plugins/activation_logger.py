@@ -1,78 +1,75 @@
-"""activation_logger: per-layer activation statistics, their running averages, histograms and a picture over time."""
+"""activation_logger: what each nonlinearity outputs, per layer: statistics that mean something there, and its distribution over time."""
 
 import torch
 from torch import Tensor, nn
 
 from hooktrain.errors import HooktrainError, check_in_range, check_positive_int
+from hooktrain.figures import distribution_picture
 from hooktrain.plugin import HookContext, HookPlugin
-from hooktrain.stats import bucket_counts, ema_update_
+from hooktrain.stats import ema_update_
 
-STATS = ("mean", "std", "min", "max", "zero_fraction", "dead_fraction", "saturated_fraction")
+# Modules whose output is an activation in the usual sense: the default selection.
+NONLINEARITIES = (
+    "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish", "Hardswish",
+    "Tanh", "Sigmoid", "Hardtanh", "Hardsigmoid", "Softsign", "Softplus", "LogSigmoid",
+)
+ZEROING = ("ReLU", "ReLU6")  # put exact zeros: zero and dead fractions mean something, the minimum is always 0
+BOUNDS = {"Tanh": (-1.0, 1.0), "Sigmoid": (0.0, 1.0), "Hardtanh": (-1.0, 1.0), "ReLU6": (0.0, 6.0), "Hardsigmoid": (0.0, 1.0),
+          "Softsign": (-1.0, 1.0)}  # bounded outputs: saturation means something
+STATS = ("mean", "std", "min", "max", "zero_fraction", "dead_fraction", "saturated_fraction", "out_of_range")
+MARGIN = 0.25  # a widened picture range leaves this share of the values' span free on the side that grew
 
 
-def activation_stats(x: Tensor, saturation: float) -> Tensor:
-    """``STATS`` of a ``(B, units, ...)`` output as one tensor, computed on its device.
+def stats_for(module: nn.Module) -> tuple[str, ...]:
+    """The statistics that are not constant by construction at this module's output.
 
-    A unit (a channel or a feature) is dead when it is exactly 0 for every sample and position of
-    the batch; a value is saturated when ``|x| >= saturation`` (meaningful for tanh or sigmoid).
+    A ReLU's minimum is 0 whatever happens, a linear layer's output is never exactly 0 and has no bound to saturate at.
     """
-    x = x.detach().float()
-    units = x.transpose(0, 1).flatten(1) if x.dim() > 1 else x.unsqueeze(0)  # (units, everything else)
-    return torch.stack([
-        x.mean(), x.std() if x.numel() > 1 else torch.zeros((), device=x.device), x.amin(), x.amax(),
-        (x == 0).float().mean(), (units == 0).all(dim=1).float().mean(), (x.abs() >= saturation).float().mean(),
-    ])
-
-
-# Anchors of a dark-to-bright colormap (black, purple, orange, light yellow), as in "magma".
-COLORS = torch.tensor([[0.0, 0.0, 0.02], [0.35, 0.05, 0.5], [0.9, 0.3, 0.25], [0.99, 0.9, 0.55]])
-
-
-def colorize(values: Tensor) -> Tensor:
-    """``(N, H, W)`` values in [0, 1] to ``(N, 3, H, W)`` RGB through ``COLORS``."""
-    colors = COLORS.to(values.device)
-    position = values.clamp(0, 1) * (len(colors) - 1)
-    low = position.floor().long().clamp(max=len(colors) - 2)
-    weight = (position - low).unsqueeze(-1)
-    rgb = torch.lerp(colors[low], colors[low + 1], weight)  # (N, H, W, 3)
-    return rgb.permute(0, 3, 1, 2)
-
-
-def fixed_histogram(x: Tensor, low: float | Tensor, high: float | Tensor, bins: int) -> Tensor:
-    """Fractions of ``x`` in ``bins`` equal buckets over ``[low, high]``, outliers in the end buckets; sync-free."""
-    return bucket_counts(x, low, high, bins) / max(x.numel(), 1)
+    kind = type(module).__name__
+    stats = ["mean", "std", "max"] + (["zero_fraction", "dead_fraction"] if kind in ZEROING else ["min"])
+    if kind in BOUNDS:
+        stats += ["saturated_fraction"]
+    return tuple(stats + ["out_of_range"])
 
 
 class ActivationLogger(HookPlugin):
-    """Logs per-layer activation mean, std, min/max, zero/dead/saturated fractions, histograms and histograms over time.
+    """Logs each selected module's output: mean, std, min/max, zero/dead/saturated fractions where they mean something,
+    histograms, and a picture of its distribution over time.
 
-    Hooks: a forward hook reads each selected module's output (detached; only the statistics are
-    kept). Per step the values are averaged over micro-batches and processes.
+    By default it hooks every nonlinearity module (``NONLINEARITIES``; a model without any: every
+    layer with parameters): a dead ReLU shows at the ReLU, not at the linear layer before it. Per module it records only what can vary there:
+    ``zero_fraction`` and ``dead_fraction`` (a unit exactly 0 for the whole batch) after ReLU and
+    ReLU6; ``saturated_fraction`` (values within ``saturation`` of the output's span from a bound)
+    after bounded activations (tanh, sigmoid ...); no ``min`` after a ReLU.
 
-    Buffers (``plugin_state.activation_logger.*``): ``ema_<stat>`` for each statistic, one value per
-    module; ``history``, the last ``image_width`` activation histograms per module (the picture);
-    ``picture_range``, each module's value range of the picture.
+    Over-time picture: each logging step, the share of the output's values in ``bins`` buckets over
+    the module's picture range, and the shares below and above it (``out_of_range``, also logged per
+    module). After each logging step the range widens to hold the values seen (plus ``MARGIN``), and
+    the stored columns are moved to the wider buckets, so the picture follows the data.
 
-    TensorBoard: scalars ``activation_logger/<stat>/<module>``; histograms
-    ``activation_logger/activation/<module>``; images ``activation_logger/over_time/<module>``,
-    time to the right, value range bottom to top, color the share of values in each bin (log
-    scale, each column scaled to its own maximum, so the shape of every step's distribution shows).
+    Buffers (``plugin_state.activation_logger.*``): ``ema_<stat>`` per module (running averages, not charted);
+    ``distribution`` (modules, bins + 2, image_width), ``distribution_steps`` and ``picture_range`` (modules, 2).
+
+    TensorBoard: scalars ``activation_logger/<stat>/<module>``; histograms ``activation_logger/activation/<module>``;
+    images ``activation_logger/over_time/<module>`` and ``activation_logger/by_layer/<stat>`` (drawn a few times a fit).
 
     Args:
         ema_decay: weight of the past in the running averages, in [0, 1).
-        saturation: ``|x|`` at or above which a value counts as saturated.
-        range: ``[low, high]`` of the histogram-over-time picture; ``None``: per module, the range
-            seen at the first active step, widened by twice its span on each side (kept in ``picture_range``).
-        bins: rows of the picture.
-        image_width: columns of the picture (logging steps shown).
+        saturation: distance from a bound, as a share of the output's span, within which a value counts as saturated.
+        range: ``[low, high]`` of the over-time picture, fixed; ``None``: per module, from its values, widening as they grow.
+        bins: value buckets of the picture.
+        image_width: columns of the picture (the last this many logging steps).
         histograms: also log TensorBoard histograms of the activations.
         **kwargs: ``every_n_steps``, ``targets``, ``types``, ``log_every_n_steps`` of :class:`HookPlugin`.
     """
 
+    default_types = NONLINEARITIES
+    layer_pictures = ("mean", "std", "zero_fraction", "dead_fraction", "saturated_fraction", "out_of_range")
+
     def __init__(
         self,
         ema_decay: float = 0.9,
-        saturation: float = 0.99,
+        saturation: float = 0.01,
         range: tuple[float, float] | None = None,
         bins: int = 64,
         image_width: int = 100,
@@ -81,7 +78,7 @@ class ActivationLogger(HookPlugin):
     ) -> None:
         super().__init__(**kwargs)
         self.ema_decay = check_in_range(self.field("ema_decay"), ema_decay, 0.0, 1.0)
-        self.saturation = float(saturation)
+        self.saturation = check_in_range(self.field("saturation"), saturation, 0.0, 0.5)
         if range is not None:
             low, high = (float(value) for value in range)
             if not low < high:
@@ -91,44 +88,107 @@ class ActivationLogger(HookPlugin):
         self.bins = check_positive_int(self.field("bins"), bins)
         self.image_width = check_positive_int(self.field("image_width"), image_width)
         self.histograms = bool(histograms)
+        self._stats: list[tuple[str, ...]] = []
+        self._bounds: list[tuple[float, float] | None] = []
+        self._names: list[str] = []
 
     def setup(self, state: nn.Module, modules: dict[str, nn.Module]) -> None:
-        for stat in STATS:
-            state.register_buffer(f"ema_{stat}", torch.full((len(modules),), float("nan")))
-        state.register_buffer("history", torch.zeros(len(modules), self.bins, self.image_width))
-        state.register_buffer("picture_range", torch.full((len(modules), 2), float("nan")))
+        self._names = list(modules)
+        self._stats = [stats_for(module) for module in modules.values()]
+        self._bounds = [BOUNDS.get(type(module).__name__) for module in modules.values()]
+        for stat in STATS:  # the statistics some module records
+            if any(stat in stats for stats in self._stats):
+                state.register_buffer(f"ema_{stat}", torch.full((len(modules),), float("nan")))
+        state.register_buffer("distribution", torch.zeros(len(modules), self.bins + 2, self.image_width))
+        state.register_buffer("distribution_steps", torch.full((self.image_width,), -1, dtype=torch.long))
+        fixed = torch.tensor(self.range if self.range is not None else (float("nan"), float("nan")))
+        state.register_buffer("picture_range", fixed.repeat(len(modules), 1))
 
     def forward(self, ctx: HookContext, module: nn.Module, args: tuple, output: Tensor) -> None:
         if not isinstance(output, Tensor) or output.numel() == 0:
             return
-        for stat, value in zip(STATS, activation_stats(output, self.saturation)):
-            ctx.record(stat, value)
-        ctx.record("distribution", fixed_histogram(output, *self._picture_range(ctx, output), self.bins))
-        if self.histograms:
+        x = output.detach().float()
+        std, mean = torch.std_mean(x) if x.numel() > 1 else (torch.zeros((), device=x.device), x.mean())
+        low, high = torch.aminmax(x)
+        values = {"mean": mean, "std": std, "min": low, "max": high}
+        wanted = self._stats[ctx.index]
+        if "zero_fraction" in wanted:
+            units = x.transpose(0, 1).flatten(1) if x.dim() > 1 else x.unsqueeze(0)  # (units, everything else)
+            values["zero_fraction"] = 1 - torch.count_nonzero(x) / x.numel()
+            values["dead_fraction"] = 1 - units.any(dim=1).float().mean()
+        if "saturated_fraction" in wanted:
+            bottom, top = self._bounds[ctx.index]
+            margin = self.saturation * (top - bottom)
+            values["saturated_fraction"] = ((x <= bottom + margin) | (x >= top - margin)).float().mean()
+        counts = self._bucket_counts(ctx, x, low, high)
+        values["out_of_range"] = (counts[0] + counts[-1]) / x.numel()
+        for stat in wanted:
+            ctx.record(stat, values[stat])
+        ctx.record("_distribution", counts / x.numel())
+        ctx.record("_low", low, reduce="min")
+        ctx.record("_high", high, reduce="max")
+        if self.histograms and self.writes_now(ctx):
             ctx.record_histogram("activation", output)
 
     def update(self, state: nn.Module, stats: dict[str, Tensor]) -> dict[str, Tensor]:
-        if "distribution" not in stats:
+        if "_distribution" not in stats:
             return {}
-        averages = {f"ema_{stat}": ema_update_(state.get_buffer(f"ema_{stat}"), stats[stat], self.ema_decay) for stat in STATS}
-        if "picture_range" in stats:
-            ranges = state.picture_range
-            ranges.copy_(torch.where(torch.isnan(ranges), stats["picture_range"], ranges))
-        history = state.history  # (modules, bins, width): shift left, newest column on the right
-        history.copy_(torch.roll(history, shifts=-1, dims=2))
-        history[:, :, -1] = stats["distribution"].nan_to_num(0.0)
-        picture = torch.log1p(self.bins * history).flip(1)  # high values at the top; log so sparse bins show
-        picture = picture / picture.amax(dim=1, keepdim=True).clamp_min(1e-12)  # each column to its maximum
-        return {**averages, "over_time": colorize(picture)}
+        for stat in STATS:
+            if stat in stats:
+                ema_update_(state.get_buffer(f"ema_{stat}"), stats[stat], self.ema_decay)
+        if self.is_logging(self.info.step):
+            state.distribution.copy_(torch.roll(state.distribution, shifts=-1, dims=2))  # newest column on the right
+            state.distribution[:, :, -1] = stats["_distribution"].nan_to_num(0.0)
+            state.distribution_steps.copy_(torch.roll(state.distribution_steps, shifts=-1))
+            state.distribution_steps[-1] = self.info.step
+        if self.range is None:
+            self._widen(state, stats["_low"], stats["_high"])
+        return {}
 
-    def _picture_range(self, ctx: HookContext, output: Tensor) -> tuple[float | Tensor, float | Tensor]:
-        """The configured range, or this module's saved one (from this step's values, the first time)."""
-        if self.range is not None:
-            return self.range
-        x = output.detach().float()
-        low, high = x.amin(), x.amax()
-        margin = 2 * (high - low).clamp_min(1e-6)  # room for activations that grow while training
+    def draw(self, state: nn.Module) -> dict[str, object]:
+        filled = (state.distribution_steps >= 0).cpu()
+        if not filled.any():
+            return {}
+        steps = state.distribution_steps.cpu()[filled].numpy()
+        distribution = state.distribution.cpu()[:, :, filled].numpy()
+        ranges = state.picture_range.cpu().tolist()
+        return {
+            f"over_time/{name}": distribution_picture(f"{name}: values over time", distribution[index], steps, *ranges[index])
+            for index, name in enumerate(self._names)
+        }
+
+    def _bucket_counts(self, ctx: HookContext, x: Tensor, low: Tensor, high: Tensor) -> Tensor:
+        """Counts of ``x`` below the picture range, in each of its ``bins`` buckets, and above it; no host sync.
+
+        The first time a module is seen, its range is this batch's values plus ``MARGIN`` on each side.
+        """
         saved = ctx.state.picture_range[ctx.index]
-        bounds = torch.where(torch.isnan(saved), torch.stack([low - margin, high + margin]), saved)
-        ctx.record("picture_range", bounds)
-        return bounds[0], bounds[1]
+        pad = MARGIN * (high - low).clamp_min(1e-6)
+        bounds = torch.where(torch.isnan(saved), torch.stack([low - pad, high + pad]), saved)
+        position = (x.flatten() - bounds[0]) * (self.bins / (bounds[1] - bounds[0]))
+        index = position.floor().clamp_(-1, self.bins).long() + 1  # 0: below, bins + 1: above
+        return torch.zeros(self.bins + 2, device=x.device).scatter_add_(0, index, torch.ones_like(position))
+
+    def _widen(self, state: nn.Module, low: Tensor, high: Tensor) -> None:
+        """Widens each module's picture range to hold this step's values; moves the stored columns to the new buckets."""
+        old = state.picture_range
+        old_low, old_high = old.unbind(1)
+        seen_low, seen_high = torch.fmin(low, old_low), torch.fmax(high, old_high)  # NaN: neither recorded nor seen before
+        pad = MARGIN * (seen_high - seen_low).clamp_min(1e-6)
+        new_low = torch.where(low < old_low.nan_to_num(torch.inf), seen_low - pad, old_low)  # a NaN low keeps the old bound
+        new_high = torch.where(high > old_high.nan_to_num(-torch.inf), seen_high + pad, old_high)
+        new = torch.stack([new_low, new_high], dim=1)
+        was = torch.where(torch.isnan(old), new, old)  # a module seen for the first time: its column is binned over the new range
+        state.distribution[:, 1:-1] = rebin(state.distribution[:, 1:-1], was, new)
+        old.copy_(new)
+
+
+def rebin(shares: Tensor, old: Tensor, new: Tensor) -> Tensor:
+    """``(modules, bins, columns)`` shares over each module's ``old`` range moved to equal bins over its ``new`` range.
+
+    Each bin's share goes to the new bin holding its centre: exact to a bin's width; a range that did not change keeps every bin.
+    """
+    modules, bins, _ = shares.shape
+    centres = old[:, :1] + (old[:, 1:] - old[:, :1]) * (torch.arange(bins, device=shares.device) + 0.5) / bins  # (modules, bins)
+    index = ((centres - new[:, :1]) * (bins / (new[:, 1:] - new[:, :1]))).long().clamp_(0, bins - 1)
+    return torch.zeros_like(shares).scatter_add_(1, index.unsqueeze(2).expand_as(shares), shares)

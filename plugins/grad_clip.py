@@ -22,11 +22,13 @@ class GradClip(HookPlugin):
     (Lightning's clipping, layer by layer). Norms and values are in unscaled units under mixed precision.
 
     Buffers: ``clipped_steps`` (optimizer steps in which the layer was clipped) and
-    ``max_pre_clip_norm`` (largest gradient norm seen before clipping), one value per layer.
-    Logged: ``pre_clip_norm`` (the largest of the step's calls), ``post_clip_norm`` (what that call
-    left), ``clipped`` (1 where a call of the step clipped). A hook does the clipping and records
-    one number; the rest is derived once per step for every layer together: a few small kernels
-    per layer, not a dozen (they are most of a plugin's cost on a small model).
+    ``max_pre_clip_norm`` (largest gradient norm seen before clipping), one value per layer;
+    ``recent_*``, the same since the last logging step.
+    Logged, per layer, about the steps since the last logging step: ``clipped_fraction`` (share of
+    them in which a call clipped) and ``pre_clip_norm_max`` (the largest norm before clipping), so a
+    spike between two logging steps shows, and nothing repeats grad_logger's norm at the logging step.
+    A hook does the clipping and records one number; the rest is derived once per step for every
+    layer together: a few small kernels per layer, not a dozen (most of a plugin's cost on a small model).
 
     Args:
         mode: ``norm`` scales the gradient down to ``max_norm`` when its L2 norm exceeds it;
@@ -38,6 +40,7 @@ class GradClip(HookPlugin):
     """
 
     changes_training = True
+    layer_pictures = ("clipped_fraction", "pre_clip_norm_max")
 
     def __init__(self, mode: str = "norm", max_norm: float = 1.0, clip_value: float = 1.0, at: str = "output", **kwargs) -> None:
         super().__init__(**kwargs)
@@ -55,6 +58,9 @@ class GradClip(HookPlugin):
     def setup(self, state: nn.Module, modules: dict[str, nn.Module]) -> None:
         state.register_buffer("clipped_steps", torch.zeros(len(modules), dtype=torch.long))
         state.register_buffer("max_pre_clip_norm", torch.zeros(len(modules)))
+        state.register_buffer("recent_clipped_steps", torch.zeros(len(modules)))
+        state.register_buffer("recent_max_pre_clip_norm", torch.zeros(len(modules)))
+        state.register_buffer("recent_steps", torch.zeros((), dtype=torch.long))
 
     def output_grad(self, ctx: HookContext, module: nn.Module, grad: Tensor) -> Tensor:
         return self._clip(ctx, grad)
@@ -70,16 +76,20 @@ class GradClip(HookPlugin):
                 param.grad.copy_(part.view_as(param.grad))
 
     def update(self, state: nn.Module, stats: dict[str, Tensor]) -> dict[str, Tensor]:
-        if "pre_clip_norm" not in stats:
+        if "_pre_clip_norm" not in stats:
             return {}
-        pre = stats["pre_clip_norm"]
-        if self.mode == "norm":
-            clipped, post = pre > self.max_norm, pre.clamp(max=self.max_norm)  # NaN (no call) stays NaN in post, False in clipped
-        else:
-            clipped, post = stats["absmax"] > self.clip_value, stats["post_clip_norm"]
-        state.clipped_steps.add_(clipped)
-        torch.fmax(state.max_pre_clip_norm, pre, out=state.max_pre_clip_norm)
-        return {"post_clip_norm": post, "clipped": clipped.float()}
+        pre = stats["_pre_clip_norm"]
+        clipped = pre > self.max_norm if self.mode == "norm" else stats["_absmax"] > self.clip_value  # NaN (no call): False
+        for steps, largest in ((state.clipped_steps, state.max_pre_clip_norm), (state.recent_clipped_steps, state.recent_max_pre_clip_norm)):
+            steps.add_(clipped)
+            torch.fmax(largest, pre, out=largest)
+        state.recent_steps.add_(1)
+        if not self.is_logging(self.info.step):
+            return {}
+        logged = {"clipped_fraction": state.recent_clipped_steps / state.recent_steps, "pre_clip_norm_max": state.recent_max_pre_clip_norm.clone()}
+        for buffer in (state.recent_clipped_steps, state.recent_max_pre_clip_norm, state.recent_steps):
+            buffer.zero_()
+        return logged
 
     def _clip(self, ctx: HookContext, grad: Tensor) -> Tensor:
         """Clips a gradient in autograd's (scaled) units, deciding in unscaled units."""
@@ -87,10 +97,8 @@ class GradClip(HookPlugin):
 
     def _clip_unscaled(self, ctx: HookContext, grad: Tensor) -> Tensor:
         pre = torch.linalg.vector_norm(grad)
-        ctx.record("pre_clip_norm", pre, reduce="max")
+        ctx.record("_pre_clip_norm", pre, reduce="max")
         if self.mode == "norm":  # torch.nn.utils.clip_grad_norm_'s arithmetic: the norm after it is min(pre, max_norm)
             return grad * (self.max_norm / (pre + 1e-6)).clamp(max=1.0)
-        clipped = grad.clamp(-self.clip_value, self.clip_value)
-        ctx.record("absmax", absmax(grad), reduce="max")
-        ctx.record("post_clip_norm", torch.linalg.vector_norm(clipped), reduce="max")
-        return clipped
+        ctx.record("_absmax", absmax(grad), reduce="max")
+        return grad.clamp(-self.clip_value, self.clip_value)

@@ -1,4 +1,4 @@
-"""grad_logger: gradient norms per layer, at the layer's output and of its parameters, with an EMA."""
+"""grad_logger: gradient norms per layer, at the layer's output and of its parameters, and their histograms (as wandb.watch)."""
 
 import torch
 from torch import Tensor, nn
@@ -9,7 +9,7 @@ from hooktrain.stats import ema_update_
 
 
 class GradLogger(HookPlugin):
-    """Logs per-layer gradient norms (at the output and of the parameters) with their EMA, and gradient histograms.
+    """Logs per-layer gradient norms (at the output and of the parameters) and histograms of both gradients.
 
     Hooks: an ``output_grad`` hook reads the gradient of the loss at the module's output (what a
     full backward hook sees as ``grad_output[0]``, without its cost). Parameter
@@ -18,13 +18,19 @@ class GradLogger(HookPlugin):
 
     Buffers (``plugin_state.grad_logger.*``, saved in checkpoints): ``ema_grad_norm`` and
     ``ema_param_grad_norm``, one value per selected module (NaN before its first value), and
-    ``updates``, the number of steps folded in.
+    ``updates``, the number of steps folded in. The averages are not charted: TensorBoard's smoothing shows the same.
+
+    TensorBoard: scalars ``grad_logger/grad_norm/<module>``, ``grad_logger/param_grad_norm/<module>``; histograms
+    ``grad_logger/grad/<module>`` (at the output) and ``grad_logger/param_grad/<module>`` (every parameter of the layer);
+    images ``grad_logger/by_layer/<stat>`` (every layer against the steps, log colour scale).
 
     Args:
         ema_decay: weight of the past in the moving averages, in [0, 1).
-        histograms: also log histograms of the gradients at each module's output.
+        histograms: also log histograms of the gradients at each module's output and of its parameters.
         **kwargs: ``every_n_steps``, ``targets``, ``types`` of :class:`HookPlugin`.
     """
+
+    layer_pictures = ("grad_norm", "param_grad_norm")
 
     def __init__(self, ema_decay: float = 0.9, histograms: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -40,7 +46,7 @@ class GradLogger(HookPlugin):
     def output_grad(self, ctx: HookContext, module: nn.Module, grad: Tensor) -> None:
         grad = ctx.unscale(grad)
         ctx.record("grad_norm", torch.linalg.vector_norm(grad))
-        if self.histograms:
+        if self.histograms and self.writes_now(ctx):
             ctx.record_histogram("grad", grad)
 
     def before_optimizer_step(self, ctx: HookContext, module: nn.Module) -> None:
@@ -48,12 +54,12 @@ class GradLogger(HookPlugin):
         if grads:
             norms = torch.stack([torch.linalg.vector_norm(grad) for grad in grads])
             ctx.record("param_grad_norm", torch.linalg.vector_norm(norms))
+            if self.histograms and self.writes_now(ctx):
+                ctx.record_histogram("param_grad", torch.cat([grad.flatten() for grad in grads]))
 
     def update(self, state: nn.Module, stats: dict[str, Tensor]) -> dict[str, Tensor]:
-        averages = {
-            f"ema_{stat}": ema_update_(state.get_buffer(f"ema_{stat}"), stats[stat], self.ema_decay)
-            for stat in ("grad_norm", "param_grad_norm")
-            if stat in stats
-        }
+        for stat in ("grad_norm", "param_grad_norm"):
+            if stat in stats:
+                ema_update_(state.get_buffer(f"ema_{stat}"), stats[stat], self.ema_decay)
         state.updates.add_(1)
-        return averages
+        return {}

@@ -23,6 +23,7 @@ class ModuleTimer(HookPlugin):
     """
 
     deterministic_state = False  # wall-clock times
+    layer_pictures = ("forward_ms", "backward_ms")
 
     def __init__(self, synchronize: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)

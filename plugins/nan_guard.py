@@ -29,6 +29,7 @@ class NanGuard(HookPlugin):
     """
 
     changes_training = True
+    layer_pictures = ("output_absmax", "grad_absmax")  # an exploding layer shows before it turns NaN
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

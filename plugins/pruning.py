@@ -62,6 +62,7 @@ class Pruning(HookPlugin):
     changes_training = True
     changes_forward = True  # through torch's own pruning hook, in every phase; export bakes it into the weights
     acts_when_idle = True  # torch's hook applies the masks at every forward
+    layer_pictures = ("sparsity",)
 
     def __init__(
         self,

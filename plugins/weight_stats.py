@@ -1,4 +1,4 @@
-"""weight_stats: per-layer weight norm and update-to-weight ratio."""
+"""weight_stats: per-layer weight norm, update-to-weight ratio and weight histograms (as wandb.watch)."""
 
 import torch
 from torch import Tensor, nn
@@ -20,12 +20,17 @@ class WeightStats(HookPlugin):
     Hooks: none inside the model; a copy of each selected layer's parameters is taken before the
     optimizer step (on active steps only) and compared after it.
 
-    Buffers: ``ema_update_ratio``, one value per layer.
+    Buffers: ``ema_update_ratio``, one value per layer (not charted: TensorBoard's smoothing shows the same).
+
+    TensorBoard: scalars ``weight_stats/weight_norm/<module>``, ``weight_stats/update_ratio/<module>``; histograms
+    ``weight_stats/weight/<module>`` (every parameter of the layer); images ``weight_stats/by_layer/<stat>``.
 
     Args:
         ema_decay: weight of the past in the running average, in [0, 1).
         **kwargs: ``every_n_steps``, ``targets``, ``types``, ``log_every_n_steps`` of :class:`HookPlugin`.
     """
+
+    layer_pictures = ("weight_norm", "update_ratio")
 
     def __init__(self, ema_decay: float = 0.9, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -46,8 +51,10 @@ class WeightStats(HookPlugin):
         norm = torch.linalg.vector_norm(after)
         ctx.record("weight_norm", norm)
         ctx.record("update_ratio", torch.linalg.vector_norm(after - before) / norm.clamp_min(1e-12))
+        if self.writes_now(ctx):
+            ctx.record_histogram("weight", after)
 
     def update(self, state: nn.Module, stats: dict[str, Tensor]) -> dict[str, Tensor]:
-        if "update_ratio" not in stats:
-            return {}
-        return {"ema_update_ratio": ema_update_(state.ema_update_ratio, stats["update_ratio"], self.ema_decay)}
+        if "update_ratio" in stats:
+            ema_update_(state.ema_update_ratio, stats["update_ratio"], self.ema_decay)
+        return {}

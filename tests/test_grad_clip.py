@@ -39,10 +39,10 @@ def test_clip_by_norm_at_the_output_scales_what_flows_back():
     torch.testing.assert_close(model.head.weight.grad, clipped.T @ hidden)
     torch.testing.assert_close(model.head.bias.grad, clipped.sum(0))
     stats = session._stats["clip"].combined()
-    torch.testing.assert_close(stats["pre_clip_norm"], g.norm().reshape(1))
+    torch.testing.assert_close(stats["_pre_clip_norm"], g.norm().reshape(1))
     logged = session.plugins[0].update(session.state.clip, stats)  # derived once per step, for every layer together
-    torch.testing.assert_close(logged["post_clip_norm"], torch.tensor([0.05]), atol=1e-5, rtol=0)
-    assert logged["clipped"].tolist() == [1.0] and session.state.clip.clipped_steps.tolist() == [1]
+    torch.testing.assert_close(logged["pre_clip_norm_max"], g.norm().reshape(1))
+    assert logged["clipped_fraction"].tolist() == [1.0] and session.state.clip.clipped_steps.tolist() == [1]
     session.close()
 
 
@@ -58,8 +58,8 @@ def test_clip_by_value_at_the_output_clamps_elements():
     F.cross_entropy(model(x), y).backward()
     torch.testing.assert_close(model.head.weight.grad, clipped.T @ hidden)
     logged = session.plugins[0].update(session.state.clip, session._stats["clip"].combined())
-    assert logged["clipped"].tolist() == [float((logits.grad.abs() > 0.02).any())] == [1.0]
-    torch.testing.assert_close(logged["post_clip_norm"], clipped.norm().reshape(1))
+    assert logged["clipped_fraction"].tolist() == [float((logits.grad.abs() > 0.02).any())] == [1.0]
+    torch.testing.assert_close(logged["pre_clip_norm_max"], logits.grad.norm().reshape(1))
     session.close()
 
 
@@ -80,6 +80,20 @@ def test_clip_parameters_per_layer_and_count_in_buffers():
     assert state.clipped_steps.tolist() == expected
     torch.testing.assert_close(state.max_pre_clip_norm, torch.stack([grad.norm() for grad in before]))
     session.close()
+
+
+def test_logged_values_cover_every_step_since_the_last_logging_step():
+    plugin = GradClip(name="clip", max_norm=1.0, log_every_n_steps=2)
+    state = torch.nn.Module()
+    plugin.setup(state, {"a": torch.nn.Linear(1, 1), "b": torch.nn.Linear(1, 1)})
+    logged = []
+    for step, norms in enumerate([[2.0, 0.5], [0.5, 3.0], [0.5, 0.2]]):
+        plugin.info.step = step
+        logged.append(plugin.update(state, {"_pre_clip_norm": torch.tensor(norms)}))
+    assert logged[0]["clipped_fraction"].tolist() == [1.0, 0.0] and logged[1] == {}
+    assert logged[2]["clipped_fraction"].tolist() == [0.0, 0.5]  # steps 1 and 2: b clipped at step 1
+    assert logged[2]["pre_clip_norm_max"].tolist() == [0.5, 3.0]  # the spike at step 1 shows at step 2
+    assert state.clipped_steps.tolist() == [1, 1] and state.max_pre_clip_norm.tolist() == [2.0, 3.0]
 
 
 @pytest.mark.parametrize(

@@ -27,22 +27,29 @@ class SyncCounter(Callback):
     """Counts Tensor.item/tolist/cpu calls made from plugin or session code, per optimizer step."""
 
     def __init__(self, monkeypatch):
-        self.calls: Counter[tuple[int, str]] = Counter()
-        self.step = 0
+        self.calls: Counter[tuple[int | None, str]] = Counter()
+        self.step: int | None = 0  # None from the epoch's end (drawing, teardown) to the next batch's start
+        self.drawing = Counter()  # copies between steps made while drawing pictures (a few times a fit)
         for name in ("item", "tolist", "cpu"):
             original = getattr(torch.Tensor, name)
             monkeypatch.setattr(torch.Tensor, name, self._counting(name, original))
 
     def _counting(self, name, original):
         def counted(tensor, *args, **kwargs):
-            if any(part in frame.filename for frame in traceback.extract_stack() for part in HOOKTRAIN_CODE):
+            stack = traceback.extract_stack()
+            if any(part in frame.filename for frame in stack for part in HOOKTRAIN_CODE):
                 self.calls[(self.step, name)] += 1
+                if self.step is None and any(frame.name == "draw" for frame in stack):
+                    self.drawing[name] += 1
             return original(tensor, *args, **kwargs)
 
         return counted
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.step = trainer.global_step
+
+    def on_train_epoch_end(self, trainer, pl_module):  # before the session's callback: it draws at the epoch's end
+        self.step = None
 
 
 @pytest.mark.filterwarnings("ignore:The number of training batches .* is smaller than the logging interval")
@@ -56,10 +63,12 @@ def test_no_host_copy_on_idle_steps_and_one_on_active_steps(monkeypatch, tmp_pat
         callbacks=[counter, HookCallback(plugins)],
     )
     trainer.fit(task, datamodule=SyntheticDataModule(num_samples=128, num_classes=3, image_size=4, batch_size=8))
-    steps_with_copies = sorted({step for step, _ in counter.calls})
+    steps_with_copies = sorted({step for step, _ in counter.calls if step is not None})
     assert steps_with_copies == [0, 3, 6]  # the active steps only
     for step in steps_with_copies:
         assert counter.calls[(step, "cpu")] == 1 and counter.calls[(step, "item")] == 0  # one batched copy
+    between_steps = {name: count for (step, name), count in counter.calls.items() if step is None}
+    assert between_steps == counter.drawing and counter.drawing["cpu"] > 0  # only the pictures drawn when the fit ends
 
 
 class SyncDebugOn(Callback):

@@ -1,4 +1,5 @@
 import pytest
+from torch import nn
 
 from hooktrain.errors import HooktrainError
 from hooktrain.models import LeNet
@@ -31,3 +32,12 @@ def test_a_pattern_matching_nothing_is_an_error_naming_it():
         select_modules(LeNet(), [], ["LSTM"], "p")
     with pytest.raises(HooktrainError, match=r"no module matches both targets \['classifier.\*'\] and types \['Conv2d'\]"):
         select_modules(LeNet(), ["classifier.*"], ["Conv2d"], "p")
+
+
+def test_a_plugins_default_types_choose_when_the_config_names_nothing_and_fall_back_to_layers():
+    assert _names(select_modules(LeNet(), [], [], "p", default_types=("ReLU", "Tanh"))) == [
+        "features.act1", "features.act2", "classifier.act3", "classifier.act4"
+    ]
+    assert _names(select_modules(LeNet(), ["features.*"], [], "p", default_types=("ReLU",)))[0] == "features.conv1"  # the user's choice wins
+    no_activation_module = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    assert _names(select_modules(no_activation_module, [], [], "p", default_types=("ReLU",))) == ["0", "1"]

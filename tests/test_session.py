@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+import time
 from functools import partial
 
 import lightning.pytorch as pl
@@ -382,7 +383,8 @@ def test_any_lightning_module_keeps_plugin_state_across_a_resume_with_other_plug
         return task
 
     first = fit_plain([GradLogger(name="grad_logger", every_n_steps=1), WeightStats(name="weight_stats")], steps=3)
-    assert [name for name, _ in first.named_modules() if name.startswith("plugin_state.")] == ["plugin_state.grad_logger", "plugin_state.weight_stats"]
+    states = [name for name, _ in first.named_modules() if name.startswith("plugin_state.") and name.count(".") == 1]
+    assert states == ["plugin_state.grad_logger", "plugin_state.weight_stats"]
     resumed = fit_plain([GradLogger(name="grad_logger", every_n_steps=1), NanGuard(name="nan_guard")], steps=5, ckpt_path=tmp_path / "last.ckpt")
     assert resumed.plugin_state.grad_logger.updates.item() == 5  # 3 restored + 2 new
     assert resumed.plugin_state.nan_guard.checked_steps.item() == 2  # new in this run: fresh, then counting
@@ -440,15 +442,19 @@ class RecordingWriter(Writer):
 
     def __init__(self):
         self.scalars, self.images, self.histograms = {}, {}, {}
+        self.scalars_at: dict[int, dict[str, float]] = {}
+        self.image_steps: list[tuple[str, int]] = []
 
     def write_scalars(self, scalars, step):
         self.scalars.update(scalars)
+        self.scalars_at.setdefault(step, {}).update(scalars)
 
     def write_histogram(self, tag, summary, step):
         self.histograms[tag] = summary
 
     def write_image(self, tag, image, step):
         self.images[tag] = image.clone()
+        self.image_steps.append((tag, step))
 
 
 class Pictures(HookPlugin):
@@ -471,3 +477,59 @@ def test_scalars_histograms_and_pictures_reach_the_writer_each_in_its_place():
     expected = torch.arange(12, dtype=torch.float32).view(2, 2, 3) / 12
     assert torch.equal(writer.images["p/picture/fc1"], expected[0]) and torch.equal(writer.images["p/picture/head"], expected[1])
     assert writer.histograms["p/values/head"][:5] == [1.0, 4.0, 4.0, 10.0, 30.0]  # min, max, count, sum, sum of squares
+
+
+class Levels(HookPlugin):
+    """A per-module statistic that spans decades, drawn as a layer picture; and a statistic of its own bookkeeping."""
+
+    layer_pictures = ("level",)
+
+    def forward(self, ctx, module, args, output):
+        ctx.record("level", torch.tensor(10.0**ctx.index * (ctx.step + 1)))
+        ctx.record("_bookkeeping", output.mean())
+
+
+def run_levels(total_steps):
+    model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)  # fc1, head
+    writer = RecordingWriter()
+    session = HookSession(model, [Levels(name="lv", targets=["fc1", "head"], every_n_steps=2)], writers=[writer]).setup()
+    session.info.total_steps = total_steps
+    for step in range(8):
+        with session.step(step):
+            model(torch.randn(2, 4)).sum().backward()
+        session.draw()  # as an engine does at each epoch's end
+    session.close()
+    return session, writer
+
+
+def test_layer_pictures_keep_every_logged_step_in_buffers_and_are_drawn_a_few_times_a_fit():
+    session, writer = run_levels(total_steps=8)  # a quarter of the fit: 2 steps between drawings
+    history = session.state.lv.by_layer
+    assert history.steps[-4:].tolist() == [0, 2, 4, 6] and (history.steps[:-4] == -1).all()
+    torch.testing.assert_close(history.level[:, -4:], torch.tensor([[1.0, 3, 5, 7], [10, 30, 50, 70]]))
+    assert writer.image_steps == [("lv/by_layer/level", 2), ("lv/by_layer/level", 4), ("lv/by_layer/level", 6)]
+    image = writer.images["lv/by_layer/level"]
+    assert image.dim() == 3 and image.shape[0] == 3 and image.std() > 0.1  # a real picture, not a blank
+    assert "lv/level/fc1" in writer.scalars and not any("_bookkeeping" in tag for tag in writer.scalars)
+    _, long_fit = run_levels(total_steps=1000)
+    assert long_fit.image_steps == [("lv/by_layer/level", 6)]  # none due during the fit: the last picture at close
+
+
+class Sleeper(HookPlugin):
+    """Spends a known host time in its hook on every step."""
+
+    def forward(self, ctx, module, args, output):
+        time.sleep(0.004)
+
+
+def test_overhead_is_the_plugins_share_of_the_step_time_since_its_last_logging_step():
+    model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)
+    writer = RecordingWriter()
+    with HookSession(model, [Sleeper(name="slow", targets=["head"], log_every_n_steps=3)], writers=[writer]) as session:
+        for step in range(7):
+            with session.step(step):
+                model(torch.randn(2, 4)).sum().backward()
+            time.sleep(0.004)  # outside the step (data loading, validation): not step time
+    shares = {step: values.get("plugin/overhead_share/slow") for step, values in writer.scalars_at.items()}
+    assert list(shares) == [0, 3, 6] and shares[0] is None  # no interval before the first logging step
+    assert 0.6 < shares[3] <= 1.0 and 0.6 < shares[6] <= 1.0  # 4 ms in a step of little more

@@ -35,9 +35,10 @@ def test_main_job_logs_grad_stats_checkpoints_buffers_and_exports_plain_weights(
     events = read_events(tmp_path / "tensorboard")
     scalars, histograms = events.Tags()["scalars"], events.Tags()["histograms"]
     for layer in LENET_LAYERS:
-        for stat in ("grad_norm", "param_grad_norm", "ema_grad_norm", "ema_param_grad_norm"):
+        for stat in ("grad_norm", "param_grad_norm"):
             assert [event.step for event in events.Scalars(f"grad_logger/{stat}/{layer}")] == [0, 2]
-        assert f"grad_logger/grad/{layer}" in histograms
+        assert f"grad_logger/ema_grad_norm/{layer}" not in scalars  # a buffer, not a chart: TensorBoard smooths already
+        assert f"grad_logger/grad/{layer}" in histograms and f"grad_logger/param_grad/{layer}" in histograms
     assert "test/acc" in scalars
     assert [event.value for event in events.Scalars("lr-Adam")] == [pytest.approx(0.002)]  # the configured lr, epoch 0
     assert "custom_scalars__config__" in events.Tags()["tensors"]  # one chart per stat, a line per layer
@@ -190,18 +191,22 @@ def test_all_plugins_together_log_checkpoint_and_export(make_cfg, tmp_path):
 
     events = read_events(tmp_path / "tensorboard")
     tags = events.Tags()
-    for name, stat in [("activation_logger", "ema_dead_fraction"), ("grad_clip", "pre_clip_norm"), ("pruning", "sparsity"),
-                       ("module_timer", "backward_ms"), ("weight_stats", "update_ratio"), ("grad_logger", "grad_norm")]:
+    for name, stat in [("grad_clip", "pre_clip_norm_max"), ("pruning", "sparsity"), ("module_timer", "backward_ms"),
+                       ("weight_stats", "update_ratio"), ("grad_logger", "grad_norm")]:
         assert f"{name}/{stat}/features.conv1" in tags["scalars"], name
-    assert "pruning/overall_sparsity" in tags["scalars"] and "plugin/overhead_ms/grad_clip" in tags["scalars"]
-    assert "activation_logger/activation/classifier.fc1" in tags["histograms"]
-    assert "activation_logger/over_time/classifier.fc1" in tags["images"]
+    assert "activation_logger/dead_fraction/features.act1" in tags["scalars"]  # at the ReLU, where it means something
+    assert not [tag for tag in tags["scalars"] if "/ema_" in tag or tag.startswith("activation_logger/min/")]  # nothing constant or repeated
+    assert "pruning/overall_sparsity" in tags["scalars"] and "plugin/overhead_share/grad_clip" in tags["scalars"]
+    for histogram in ("activation_logger/activation/classifier.act3", "grad_logger/param_grad/classifier.fc1", "weight_stats/weight/classifier.fc1"):
+        assert histogram in tags["histograms"], histogram
+    for image in ("activation_logger/over_time/classifier.act3", "activation_logger/by_layer/dead_fraction", "grad_logger/by_layer/grad_norm"):
+        assert image in tags["images"], image
     raw_tags = {value.tag for path in (tmp_path / "tensorboard").glob("events.*") for event in EventFileLoader(str(path)).Load()
                 for value in event.summary.value}
     assert "_hparams_/session_start_info" in raw_tags  # the HParams tab, with the test metrics
 
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    for key in ["plugin_state.activation_logger.history", "plugin_state.grad_clip.clipped_steps", "plugin_state.pruning.target_sparsity",
+    for key in ["plugin_state.activation_logger.distribution", "plugin_state.grad_logger.by_layer.grad_norm", "plugin_state.grad_clip.clipped_steps", "plugin_state.pruning.target_sparsity",
                 "plugin_state.nan_guard.checked_steps", "plugin_state.module_timer.total_forward_ms",
                 "plugin_state.weight_stats.ema_update_ratio", "plugin_state.grad_logger.ema_grad_norm",
                 "model.features.conv1.weight_mask", "model.classifier.fc3.weight_orig"]:

@@ -86,7 +86,8 @@ class HookContext:
 
         ``reduce`` is ``mean`` (default), ``sum`` (counts), ``max`` or ``min``: a module called
         twice in a step (a shared layer) records twice, and ``sum`` adds both, ``mean`` averages them.
-        The value stays on its device: no host sync. A scalar is logged as ``<plugin>/<stat>/<module_name>``.
+        The value stays on its device: no host sync. A scalar is logged as ``<plugin>/<stat>/<module_name>``;
+        a statistic whose name starts with ``_`` reaches ``update`` but is not logged (the plugin's own bookkeeping).
         """
         self._stats.add(stat, self.index, value, reduce)
 
@@ -155,6 +156,15 @@ class HookPlugin:
     acts_when_idle: bool = False
     """True when the plugin's effect runs at every forward even on its idle steps (pruning's masks, applied by torch)."""
 
+    default_types: tuple[str, ...] = ()
+    """Module class names the plugin hooks when the config gives neither ``targets`` nor ``types``; where the model
+    has none of them (or this is empty), every leaf layer with parameters."""
+
+    layer_pictures: tuple[str, ...] = ()
+    """Per-module statistics (recorded or returned by ``update``) that also get one picture with every layer:
+    rows = layers, columns = logging steps, colour = value (``<plugin>/by_layer/<stat>``, drawn by ``HookSession.draw``).
+    The session keeps their last 100 logging steps in ``state.by_layer``, so a resumed run's pictures go on."""
+
     example_settings: dict[str, Any] = {}
     """Parameters that let the plugin run on the built-in models (LeNet, MLP) where its defaults cannot (ablate's
     targets): the benchmark and ``hooktrain.testing`` pass them, as ``plugins.<name>.<key>=<value>`` overrides."""
@@ -194,6 +204,11 @@ class HookPlugin:
 
     def is_logging(self, step: int) -> bool:
         return step % self.log_every_n_steps == 0
+
+    def writes_now(self, ctx: HookContext) -> bool:
+        """Whether what a hook records now gets written: on logging steps in training, always in evaluation.
+        For work only the log needs (histograms) in plugins that act more often than they log."""
+        return ctx.phase != "train" or self.is_logging(ctx.step)
 
     def hook_kinds(self) -> list[str]:
         """The hook kinds this plugin overrides: exactly those get registered."""
@@ -254,6 +269,13 @@ class HookPlugin:
     def end_phase(self, stats: dict[str, Tensor]) -> dict[str, Tensor]:
         """Called when an evaluation phase (validate, test, predict, analyze) the plugin ran in ends, with the
         phase's statistics combined as for ``update``; returns more statistics to log. Buffers stay as they are."""
+        return {}
+
+    def draw(self, state: nn.Module) -> dict[str, Any]:
+        """Pictures drawn from the buffers, ``{name: matplotlib Figure}``, logged as images ``<plugin>/<name>``.
+
+        Called on rank 0 a few times per fit (``HookSession.draw``), since a figure takes about 0.1 s to draw.
+        """
         return {}
 
     def export(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor] | None:

@@ -25,19 +25,25 @@ def module_names(model: nn.Module) -> dict[int, list[str]]:
     return names
 
 
-def select_modules(model: nn.Module, targets: list[str], types: list[str], field: str) -> list[tuple[str, nn.Module]]:
+def select_modules(
+    model: nn.Module, targets: list[str], types: list[str], field: str, default_types: tuple[str, ...] = ()
+) -> list[tuple[str, nn.Module]]:
     """Returns ``(qualified name, module)`` pairs in definition order, each module once.
 
     ``targets`` are globs over ``named_modules()`` names (``features.*``, ``*fc?``); a module shared
     between two places matches by either of its names and is listed once, under its first. ``types``
     are class names (``Conv2d``, ``Linear``; a base class name matches its subclasses). Given both, a
-    module must match both; given neither, the leaf modules with parameters are chosen.
+    module must match both; given neither, the modules of any of ``default_types`` (a plugin's own default,
+    activation_logger's nonlinearities), and where there are none, the leaf modules with parameters.
 
     Raises:
         HooktrainError: a pattern or type name matches no module; the message lists the modules.
     """
     named = [(name, module) for name, module in model.named_modules() if name]
     if not targets and not types:
+        by_type = [(name, module) for name, module in named if any(_is_instance_by_name(module, kind) for kind in default_types)]
+        if by_type:
+            return by_type
         chosen = set(default_selection(model))
         return [(name, module) for name, module in named if name in chosen]
     names = module_names(model)

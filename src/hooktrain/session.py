@@ -1,6 +1,7 @@
 """HookSession: runs hook plugins on a model inside any PyTorch loop; the engines only tell it the step and phase."""
 
 import logging
+import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from hooktrain.errors import HooktrainError, PluginHookError
+from hooktrain.figures import layer_picture, to_image
 from hooktrain.plugin import PHASES, HookContext, HookPlugin, StepInfo
 from hooktrain.select import module_names, select_modules
 from hooktrain.stats import AllReduce, StepStats
@@ -27,6 +29,8 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing when gra
 
 _STEP_METHODS = ("before_optimizer_step", "after_optimizer_step")
 _UNCOMPILABLE = ("backward_pre", "backward")  # full backward hooks: torch.compile then runs the whole model eagerly
+PICTURE_COLUMNS = 100  # logging steps a layer picture shows (the last ones)
+DRAWS_PER_FIT = 4  # a picture holds every logging step so far: a few drawings a fit tell the story, and each costs ~0.1 s
 
 
 class _Gate:
@@ -173,6 +177,12 @@ class HookSession:
         self._step_open = False
         self._layout_written = False
         self._first_calls: dict[int, int] | None = None  # each hooked module's calls in the first step or phase written
+        self._step_started = 0.0
+        self._train_seconds = 0.0  # training step time (batch start to optimizer step done), summed over steps
+        self._train_seconds_at_log: dict[str, float] = {}  # its value at each plugin's last logging step
+        self._plugin_seconds: dict[str, float] = {}  # each plugin's host time since its last logging step
+        self._logged_step: int | None = None  # the last training step written, and the one the last drawing showed
+        self._drawn_step: int | None = None
         for plugin in self.plugins:
             plugin.info = self.info
 
@@ -183,10 +193,12 @@ class HookSession:
         if self._contexts:
             return self
         for plugin in self.plugins:
-            selected = select_modules(self.model, plugin.targets, plugin.types, f"plugins.{plugin.name}")
+            selected = select_modules(self.model, plugin.targets, plugin.types, f"plugins.{plugin.name}", plugin.default_types)
             if plugin.name not in self.state:
                 state = nn.Module()
                 plugin.setup(state, dict(selected))
+                if plugin.layer_pictures:
+                    state.by_layer = _layer_history(plugin.layer_pictures, len(selected))
                 self.state[plugin.name] = state
             stats = self._stats[plugin.name] = StepStats(len(selected), plugin.name)
             self._contexts[plugin.name] = [
@@ -204,12 +216,14 @@ class HookSession:
                 self._gates[plugin.name].open = False
         return self
 
-    def close(self) -> None:
-        """Removes every hook of every plugin and flushes the writers; a later step or phase attaches them again
-        (the Trainer tests after its fit's teardown)."""
+    def close(self, draw: bool = True) -> None:
+        """Removes every hook of every plugin, draws the last pictures (``draw``) and flushes the writers; a later step or
+        phase attaches the hooks again (the Trainer tests after its fit's teardown). Engines pass ``draw=False`` on an error."""
         self.detach_all()
         self._active.clear()
         self._step_open = False
+        if draw:
+            self.draw(final=True)
         for writer in self.writers:
             writer.flush()
 
@@ -253,6 +267,7 @@ class HookSession:
         if self._step_open and step == self.info.step and self.info.phase == "train":
             return
         self.info.step, self.info.phase, self._step_open = step, "train", True
+        self._step_started = time.perf_counter()
         due = {plugin.name for plugin in self.plugins if plugin.is_active(step, "train")}
         if due or self._active:  # an idle step after an idle step: nothing recorded, nothing to attach or detach
             self._clear()
@@ -268,6 +283,7 @@ class HookSession:
         if not self._step_open:
             return
         self._step_open = False
+        self._train_seconds += time.perf_counter() - self._step_started
         if not self._active:
             return
         self._call_per_module("after_optimizer_step")
@@ -307,6 +323,35 @@ class HookSession:
         self.start_phase(phase)
         yield
         self.finish_phase()
+
+    def draw(self, final: bool = False) -> None:
+        """Draws every plugin's pictures into the writers (rank 0): its ``layer_pictures`` and what its ``draw`` returns.
+
+        A picture shows every logging step so far, so engines call this at each training epoch's end and it draws
+        when ``1 / DRAWS_PER_FIT`` of the fit's steps (``info.total_steps``; unknown: every call) passed since its
+        last drawing, or when ``final`` (``close``); only if a training step was written since, and a writer shows images.
+        """
+        if self._logged_step is None or self._logged_step == self._drawn_step or not _is_writer():
+            return
+        if not any(type(writer).write_image is not Writer.write_image for writer in self.writers):
+            return
+        every = self.info.total_steps / DRAWS_PER_FIT
+        if not final and math.isfinite(every) and self.info.step < (self._drawn_step or 0) + every:
+            return
+        images = []
+        for plugin in self.plugins:
+            state = self.state[plugin.name]
+            try:
+                figures = {**plugin.draw(state), **self._layer_pictures(plugin, state)}
+            except HooktrainError:
+                raise
+            except Exception as error:
+                raise PluginHookError(f"plugin {plugin.name!r} failed drawing its pictures: {type(error).__name__}: {error}") from error
+            images += [(f"{plugin.name}/{name}", to_image(figure)) for name, figure in figures.items()]
+        for writer in self.writers:
+            for tag, image in images:
+                writer.write_image(tag, image, self._logged_step)
+        self._drawn_step = self._logged_step
 
     # The exported model.
 
@@ -373,8 +418,12 @@ class HookSession:
                 where = f"at step {self.info.step} in its update" if train else f"at the end of {self.info.phase}"
                 raise PluginHookError(f"plugin {plugin.name!r} failed {where}: {type(error).__name__}: {error}") from error
             self.info.charge(plugin.name, start)
+            if train:
+                self._plugin_seconds[plugin.name] = self._plugin_seconds.get(plugin.name, 0.0) + self.info.seconds.get(plugin.name, 0.0)
             if plugin in writing:
-                logged += [(plugin.name, stat, values, stats.recorded(stat)) for stat, values in combined.items()]
+                if train:
+                    self._remember(plugin, {**combined, **extra})
+                logged += [(plugin.name, stat, values, stats.recorded(stat)) for stat, values in combined.items() if stat[0] != "_"]
                 logged += [(plugin.name, stat, values, [True] * (len(values) if values.dim() else 1)) for stat, values in extra.items()]
         if self._first_calls is None:
             self._first_calls = self._call_counts()
@@ -407,8 +456,7 @@ class HookSession:
         host = torch.cat([part.to(device, non_blocking=True) for part in parts]).cpu() if parts else torch.empty(0)
         numbers = host[: len(host) - sum(part.numel() for part in pictures)].tolist()
         step, position = self.info.step, 0
-        # Host time in each plugin's hooks and update this step (on a GPU: launch time, not kernel time).
-        scalars = {f"plugin/overhead_ms/{name}": 1000 * spent for name, spent in self.info.seconds.items()} if train else {}
+        scalars = self._overhead_shares(plugins) if train else {}
         images: list[tuple[str, Tensor]] = []
         summaries = []
         for plugin_name, stat, values, present in logged:
@@ -437,14 +485,56 @@ class HookSession:
             for tag, image in images:
                 writer.write_image(tag, image, step)
         if train and not self._layout_written and len(plugins) == len(self.plugins):
-            layout: dict[str, dict[str, list]] = {"plugin": {"overhead_ms": ["Multiline", [r"^plugin/overhead_ms/"]]}}
+            layout: dict[str, dict[str, list]] = {"plugin": {"overhead_share": ["Multiline", [r"^plugin/overhead_share/"]]}}
             for plugin_name, stat, values, _ in logged:
                 if values.dim() == 1:
                     layout.setdefault(plugin_name, {})[stat] = ["Multiline", [rf"^{plugin_name}/{stat}/"]]
             for writer in self.writers:
                 writer.write_layout(layout)
             self._layout_written = True
+        if train:
+            self._logged_step = step
         return scalars
+
+    def _overhead_shares(self, plugins: list[HookPlugin]) -> dict[str, float]:
+        """``plugin/overhead_share/<plugin>``: each plugin's host time (hooks, update) over the training step time since its
+        last logging step; a busy machine slows both alike. On a GPU, host time is launch time, not kernel time."""
+        shares = {}
+        for plugin in plugins:
+            spent = self._plugin_seconds.pop(plugin.name, 0.0)
+            since = self._train_seconds - self._train_seconds_at_log.get(plugin.name, self._train_seconds)
+            if since > 0:
+                shares[f"plugin/overhead_share/{plugin.name}"] = spent / since
+            self._train_seconds_at_log[plugin.name] = self._train_seconds
+        return shares
+
+    def _remember(self, plugin: HookPlugin, stats: dict[str, Tensor]) -> None:
+        """A logging step's column of each ``layer_pictures`` statistic, into ``state.by_layer`` (newest on the right); no host sync."""
+        history = getattr(self.state[plugin.name], "by_layer", None)
+        if history is None:
+            return
+        history.steps.copy_(torch.roll(history.steps, shifts=-1))
+        history.steps[-1] = self.info.step
+        for stat in plugin.layer_pictures:
+            values = history.get_buffer(stat)
+            values.copy_(torch.roll(values, shifts=-1, dims=1))
+            column = stats.get(stat)
+            values[:, -1] = column.to(values.device) if column is not None and column.shape == values.shape[:1] else float("nan")
+
+    def _layer_pictures(self, plugin: HookPlugin, state: nn.Module) -> dict[str, Any]:
+        """One figure per ``layer_pictures`` statistic that holds a value: every layer against the logging steps."""
+        history = getattr(state, "by_layer", None)
+        filled = history.steps.cpu() >= 0 if history is not None else torch.zeros(1, dtype=torch.bool)
+        if not filled.any():
+            return {}
+        steps = history.steps.cpu()[filled].numpy()
+        layers = [ctx.module_name for _, ctx in self._contexts[plugin.name]]
+        pictures = {}
+        for stat in plugin.layer_pictures:
+            values = history.get_buffer(stat).cpu()[:, filled].numpy()
+            if torch.from_numpy(values).isfinite().any():
+                pictures[f"by_layer/{stat}"] = layer_picture(f"{plugin.name}/{stat}", values, steps, layers)
+        return pictures
 
     def _tag(self, plugin_name: str, stat: str, index: int) -> str:
         return f"{plugin_name}/{stat}/{self._contexts[plugin_name][index][1].module_name}"
@@ -474,6 +564,15 @@ class HookSession:
         return "\n".join(
             f"  {labels[module_id] if i == 0 else '':<{width}}  {entry}" for module_id in labels for i, entry in enumerate(entries[module_id])
         )
+
+def _layer_history(stats: Sequence[str], num_modules: int) -> nn.Module:
+    """Buffers for a plugin's layer pictures: the logging steps (-1: none yet) and each statistic per module (NaN: none)."""
+    history = nn.Module()
+    history.register_buffer("steps", torch.full((PICTURE_COLUMNS,), -1, dtype=torch.long))
+    for stat in stats:
+        history.register_buffer(stat, torch.full((num_modules, PICTURE_COLUMNS), float("nan")))
+    return history
+
 
 def check_plugins(plugins: Sequence[HookPlugin], compiled: bool = False) -> None:
     """Distinct names that ``nn.ModuleDict`` can hold; under ``compiled``, no full backward hooks.

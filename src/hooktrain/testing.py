@@ -259,12 +259,12 @@ def _plugin_buffers(task: pl.LightningModule, name: str) -> dict[str, torch.Tens
 def _assert_equal(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> None:
     if actual.keys() != expected.keys():
         raise AssertionError(f"{what}: keys differ: {sorted(set(actual) ^ set(expected))}")
-    differing = [key for key in expected if not _identical(actual[key], expected[key])]
+    differing = [key for key in expected if not identical(actual[key], expected[key])]
     if differing:
         raise AssertionError(f"{what}: these tensors differ: {differing}")
 
 
-def _identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+def identical(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bit for bit, NaN equal to NaN (a running average before its first value)."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return False

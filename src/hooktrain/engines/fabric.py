@@ -167,9 +167,14 @@ class FabricTrainer:
                     scheduler.step()
                 self.current_epoch += 1
                 self._save_checkpoints(metrics, model, optimizer, scheduler, task)
-        finally:
+                if session is not None:
+                    session.draw()
+        except BaseException:
             if session is not None:
-                session.close()
+                session.close(draw=False)
+            raise
+        if session is not None:
+            session.close()
         for logger in self.loggers:
             logger.save()
 

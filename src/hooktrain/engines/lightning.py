@@ -33,6 +33,7 @@ class HookCallback(Callback):
     def __init__(self, plugins: Sequence[HookPlugin], compiled: bool = False, model: nn.Module | None = None) -> None:
         check_plugins(plugins, compiled)
         self.plugins, self.compiled = list(plugins), compiled
+        self.failed = False  # the fit raised: no last pictures at teardown
         self.session = HookSession(model, self.plugins, compiled=compiled).setup() if model is not None else None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -64,6 +65,9 @@ class HookCallback(Callback):
         if trainer.global_step != self.session.info.step:  # else gradient accumulation: the optimizer step is not done
             self.session.finish_step()
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.session.draw()
+
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.session.start_phase("validate")
 
@@ -83,10 +87,11 @@ class HookCallback(Callback):
         self.session.finish_phase()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.failed = True
         if self.session is not None:
-            self.session.close()
+            self.session.close(draw=False)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.session is not None:
-            self.session.close()
+            self.session.close(draw=not self.failed)
             self.session.info.scaler = None
