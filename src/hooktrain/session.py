@@ -175,7 +175,8 @@ class HookSession:
         self._gates = {name: _Gate() for name in names}
         self._active: set[str] = set()
         self._step_open = False
-        self._layout_written = False
+        self._layout: dict[str, dict[str, list]] = {}  # custom-scalars charts so far: plugin -> statistic -> chart
+        self.run_charts: dict[str, list] = {}  # the run's own charts, first in the layout (the engines: loss, accuracy, lr)
         self._first_calls: dict[int, int] | None = None  # each hooked module's calls in the first step or phase written
         self._step_started = 0.0
         self._train_seconds = 0.0  # training step time (batch start to optimizer step done), summed over steps
@@ -434,7 +435,7 @@ class HookSession:
         return scalars
 
     def _write(self, plugins: list[HookPlugin], logged: list[tuple[str, str, Tensor, list[bool]]], train: bool) -> dict[str, float]:
-        """Rank 0: scalars, histograms, images and (once) the custom-scalars layout, from one host copy.
+        """Rank 0: scalars, histograms, images and (when it grows) the custom-scalars layout, from one host copy.
 
         A statistic of shape ``()`` is one scalar for the plugin, ``(num_modules,)`` a scalar per
         module, ``(num_modules, H, W)`` or ``(num_modules, 3, H, W)`` a gray or RGB image per module
@@ -484,14 +485,17 @@ class HookSession:
                 writer.write_histogram(tag, summary, step)
             for tag, image in images:
                 writer.write_image(tag, image, step)
-        if train and not self._layout_written and len(plugins) == len(self.plugins):
-            layout: dict[str, dict[str, list]] = {"plugin": {"overhead_share": ["Multiline", [r"^plugin/overhead_share/"]]}}
-            for plugin_name, stat, values, _ in logged:
-                if values.dim() == 1:
-                    layout.setdefault(plugin_name, {})[stat] = ["Multiline", [rf"^{plugin_name}/{stat}/"]]
+        grown = False
+        for name, stat, values, _ in logged if train else ():
+            if values.dim() == 1 and stat not in self._layout.get(name, {}):
+                self._layout.setdefault(name, {})[stat] = ["Multiline", [rf"^{name}/{stat}/"]]
+                grown = True
+        if grown:  # a plugin's first logging step: the layout grows (TensorBoard shows the last one written)
+            layout = {"run": self.run_charts} if self.run_charts else {}
+            layout["plugin"] = {"overhead_share": ["Multiline", [r"^plugin/overhead_share/"]]}
+            layout |= {plugin.name: self._layout[plugin.name] for plugin in self.plugins if plugin.name in self._layout}
             for writer in self.writers:
                 writer.write_layout(layout)
-            self._layout_written = True
         if train:
             self._logged_step = step
         return scalars

@@ -12,6 +12,14 @@ from hooktrain.session import HookSession, check_plugins
 from hooktrain.writers import writers_for
 
 
+# The run's story at the top of the Custom Scalars tab (the Scalars tab sorts its groups by name, plugins before train/).
+RUN_CHARTS = {
+    "loss": ["Multiline", [r"^(train|val|test)/loss"]],
+    "accuracy": ["Multiline", [r"^(train|val|test)/acc"]],
+    "learning rate": ["Multiline", [r"^lr-"]],
+}
+
+
 class HookCallback(Callback):
     """Runs plugins inside Lightning's Trainer through a :class:`HookSession` on the task's model.
 
@@ -48,6 +56,7 @@ class HookCallback(Callback):
         if getattr(pl_module, "plugin_state", None) is not self.session.state:
             pl_module.plugin_state = self.session.state
             self.session.writers = writers_for(loggers)
+            self.session.run_charts = RUN_CHARTS
         return self.session
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

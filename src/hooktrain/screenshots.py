@@ -1,7 +1,7 @@
 """Screenshots of TensorBoard's tabs for a run, as a user sees them: a real server, a headless Chromium.
 
-    apt-get install chromium && .venv/bin/pip install playwright     # once; no browser download needed
-    .venv/bin/python docs/take_screenshots.py outputs/<date>/<time>/tensorboard --out docs
+    apt-get install chromium && .venv/bin/pip install -e ".[screenshots]"   # once; no browser download needed
+    .venv/bin/python -m hooktrain.screenshots outputs/<date>/<time>/tensorboard --out docs
 
 Writes ``dashboard-<tab>.png`` for the Time Series, Scalars, Images, Histograms, Custom Scalars and HParams tabs.
 """
@@ -26,7 +26,7 @@ def free_port() -> int:
 
 
 def start_tensorboard(logdir: Path, port: int) -> subprocess.Popen:
-    """``tensorboard --logdir`` on ``port``; returns once its HTTP API answers."""
+    """``tensorboard --logdir`` on ``port``, every image kept; returns once its HTTP API answers (the tests use it too)."""
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port), "--host", "127.0.0.1",
                "--samples_per_plugin", "images=100"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
