@@ -528,16 +528,15 @@ class HookSession:
     def _layer_pictures(self, plugin: HookPlugin, state: nn.Module) -> dict[str, Any]:
         """One figure per ``layer_pictures`` statistic that holds a value: every layer against the logging steps."""
         history = getattr(state, "by_layer", None)
-        filled = history.steps.cpu() >= 0 if history is not None else torch.zeros(1, dtype=torch.bool)
-        if not filled.any():
+        if history is None or not (filled := history.steps.cpu() >= 0).any():
             return {}
         steps = history.steps.cpu()[filled].numpy()
         layers = [ctx.module_name for _, ctx in self._contexts[plugin.name]]
         pictures = {}
         for stat in plugin.layer_pictures:
-            values = history.get_buffer(stat).cpu()[:, filled].numpy()
-            if torch.from_numpy(values).isfinite().any():
-                pictures[f"by_layer/{stat}"] = layer_picture(f"{plugin.name}/{stat}", values, steps, layers)
+            values = history.get_buffer(stat).cpu()[:, filled]
+            if values.isfinite().any():
+                pictures[f"by_layer/{stat}"] = layer_picture(f"{plugin.name}/{stat}", values.numpy(), steps, layers)
         return pictures
 
     def _tag(self, plugin_name: str, stat: str, index: int) -> str:
@@ -568,6 +567,7 @@ class HookSession:
         return "\n".join(
             f"  {labels[module_id] if i == 0 else '':<{width}}  {entry}" for module_id in labels for i, entry in enumerate(entries[module_id])
         )
+
 
 def _layer_history(stats: Sequence[str], num_modules: int) -> nn.Module:
     """Buffers for a plugin's layer pictures: the logging steps (-1: none yet) and each statistic per module (NaN: none)."""
