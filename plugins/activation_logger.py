@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from hooktrain.errors import HooktrainError, check_in_range, check_positive_int
 from hooktrain.figures import distribution_picture
 from hooktrain.plugin import HookContext, HookPlugin
-from hooktrain.stats import ema_update_
+from hooktrain.stats import append_column_, ema_update_
 
 # Modules whose output is an activation in the usual sense: the default selection.
 NONLINEARITIES = (
@@ -137,19 +137,17 @@ class ActivationLogger(HookPlugin):
             if stat in stats:
                 ema_update_(state.get_buffer(f"ema_{stat}"), stats[stat], self.ema_decay)
         if self.is_logging(self.info.step):
-            state.distribution.copy_(torch.roll(state.distribution, shifts=-1, dims=2))  # newest column on the right
-            state.distribution[:, :, -1] = stats["_distribution"].nan_to_num(0.0)
-            state.distribution_steps.copy_(torch.roll(state.distribution_steps, shifts=-1))
-            state.distribution_steps[-1] = self.info.step
+            append_column_(state.distribution, stats["_distribution"].nan_to_num(0.0))
+            append_column_(state.distribution_steps, self.info.step)
         if self.range is None:
             self._widen(state, stats["_low"], stats["_high"])
         return {}
 
     def draw(self, state: nn.Module) -> dict[str, object]:
-        filled = (state.distribution_steps >= 0).cpu()
-        if not filled.any():
+        steps = state.distribution_steps.cpu()
+        if not (filled := steps >= 0).any():
             return {}
-        steps = state.distribution_steps.cpu()[filled].numpy()
+        steps = steps[filled].numpy()
         distribution = state.distribution.cpu()[:, :, filled].numpy()
         ranges = state.picture_range.cpu().tolist()
         return {

@@ -18,7 +18,7 @@ from hooktrain.errors import HooktrainError, PluginHookError
 from hooktrain.figures import layer_picture, to_image
 from hooktrain.plugin import PHASES, HookContext, HookPlugin, StepInfo
 from hooktrain.select import module_names, select_modules
-from hooktrain.stats import AllReduce, StepStats
+from hooktrain.stats import AllReduce, StepStats, append_column_
 from hooktrain.writers import Writer
 
 log = logging.getLogger(__name__)
@@ -517,20 +517,20 @@ class HookSession:
         history = getattr(self.state[plugin.name], "by_layer", None)
         if history is None:
             return
-        history.steps.copy_(torch.roll(history.steps, shifts=-1))
-        history.steps[-1] = self.info.step
+        append_column_(history.steps, self.info.step)
         for stat in plugin.layer_pictures:
-            values = history.get_buffer(stat)
-            values.copy_(torch.roll(values, shifts=-1, dims=1))
-            column = stats.get(stat)
-            values[:, -1] = column.to(values.device) if column is not None and column.shape == values.shape[:1] else float("nan")
+            values, column = history.get_buffer(stat), stats.get(stat)
+            append_column_(values, column.to(values.device) if column is not None and column.shape == values.shape[:1] else float("nan"))
 
     def _layer_pictures(self, plugin: HookPlugin, state: nn.Module) -> dict[str, Any]:
         """One figure per ``layer_pictures`` statistic that holds a value: every layer against the logging steps."""
         history = getattr(state, "by_layer", None)
-        if history is None or not (filled := history.steps.cpu() >= 0).any():
+        if history is None:
             return {}
-        steps = history.steps.cpu()[filled].numpy()
+        steps = history.steps.cpu()
+        if not (filled := steps >= 0).any():
+            return {}
+        steps = steps[filled].numpy()
         layers = [ctx.module_name for _, ctx in self._contexts[plugin.name]]
         pictures = {}
         for stat in plugin.layer_pictures:

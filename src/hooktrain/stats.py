@@ -75,6 +75,16 @@ def absmax(values: Tensor) -> Tensor:
     return torch.maximum(high, low.neg())
 
 
+def append_column_(history: Tensor, column: Tensor | float) -> Tensor:
+    """In place, drops ``history``'s oldest entry along its last dimension and puts ``column`` last; returns ``history``.
+
+    The buffers of pictures over logging steps (newest on the right); on the device, no host sync.
+    """
+    history.copy_(torch.roll(history, shifts=-1, dims=-1))
+    history[..., -1] = column
+    return history
+
+
 def ema_update_(average: Tensor, value: Tensor, decay: float) -> Tensor:
     """In place, ``average = decay * average + (1 - decay) * value``; returns ``average``.
 
