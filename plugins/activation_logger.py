@@ -50,8 +50,8 @@ class ActivationLogger(HookPlugin):
     Buffers (``plugin_state.activation_logger.*``): ``ema_<stat>`` per module (running averages, not charted);
     ``distribution`` (modules, bins + 2, image_width), ``distribution_steps`` and ``picture_range`` (modules, 2).
 
-    TensorBoard: scalars ``activation_logger/<stat>/<module>``; histograms ``activation_logger/activation/<module>``;
-    images ``activation_logger/over_time/<module>`` and ``activation_logger/by_layer/<stat>`` (drawn a few times a fit).
+    TensorBoard: scalars ``watch/activation_logger/<stat>/<module>``; histograms ``watch/activation_logger/activation/<module>``;
+    images ``watch/activation_logger/over_time/<module>`` and ``watch/activation_logger/by_layer/<stat>`` (drawn a few times a fit).
 
     Args:
         ema_decay: weight of the past in the running averages, in [0, 1).

@@ -20,9 +20,9 @@ class GradLogger(HookPlugin):
     ``ema_param_grad_norm``, one value per selected module (NaN before its first value), and
     ``updates``, the number of steps folded in. The averages are not charted: TensorBoard's smoothing shows the same.
 
-    TensorBoard: scalars ``grad_logger/grad_norm/<module>``, ``grad_logger/param_grad_norm/<module>``; histograms
-    ``grad_logger/grad/<module>`` (at the output) and ``grad_logger/param_grad/<module>`` (every parameter of the layer);
-    images ``grad_logger/by_layer/<stat>`` (every layer against the steps, log colour scale).
+    TensorBoard: scalars ``watch/grad_logger/grad_norm/<module>``, ``watch/grad_logger/param_grad_norm/<module>``; histograms
+    ``watch/grad_logger/grad/<module>`` (at the output) and ``watch/grad_logger/param_grad/<module>`` (every parameter of the layer);
+    images ``watch/grad_logger/by_layer/<stat>`` (every layer against the steps, log colour scale).
 
     Args:
         ema_decay: weight of the past in the moving averages, in [0, 1).

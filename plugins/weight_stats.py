@@ -22,8 +22,8 @@ class WeightStats(HookPlugin):
 
     Buffers: ``ema_update_ratio``, one value per layer (not charted: TensorBoard's smoothing shows the same).
 
-    TensorBoard: scalars ``weight_stats/weight_norm/<module>``, ``weight_stats/update_ratio/<module>``; histograms
-    ``weight_stats/weight/<module>`` (every parameter of the layer); images ``weight_stats/by_layer/<stat>``.
+    TensorBoard: scalars ``watch/weight_stats/weight_norm/<module>``, ``watch/weight_stats/update_ratio/<module>``; histograms
+    ``watch/weight_stats/weight/<module>`` (every parameter of the layer); images ``watch/weight_stats/by_layer/<stat>``.
 
     Args:
         ema_decay: weight of the past in the running average, in [0, 1).

@@ -47,7 +47,7 @@ def test_activations_of_the_test_split_land_in_a_safetensors_file(trained, tmp_p
     assert cached["inputs_index"].tolist() == list(range(270))
     assert cached["features.conv1"].shape == (270, 6, 28, 28)
     assert results["test/acc"] > 0.8
-    assert results["activation_logger/analyze/std/classifier.act3"] > 0  # at the ReLUs, activation_logger's default
+    assert results["watch/activation_logger/analyze/std/classifier.act3"] > 0  # at the ReLUs, activation_logger's default
     printed = capsys.readouterr().out
     assert "classifier.act3" in printed and "activation_logger/std" in printed and f"test/acc {results['test/acc']:.4f}" in printed
 

@@ -54,13 +54,15 @@ def test_scalars_tell_the_runs_story_once_and_nothing_constant_or_repeated(serve
     test_acc = get(port, "plugin/scalars/scalars", run=run, tag="test/acc")
     assert [(step, value) for _, step, value in test_acc] == [(STEPS, pytest.approx(metrics["test/acc"]))]  # once, at the last step
     assert "lr-Adam" in tags and "val/acc_best" in tags and "train/loss" in tags
+    # TensorBoard orders groups by name and opens the first ones: the run's, then every plugin's under watch/
+    assert sorted({tag.split("/")[0] for tag in tags}) == ["epoch", "lr-Adam", "test", "train", "val", "watch"]
     assert not [tag for tag in tags if "/ema_" in tag], "running averages are buffers, not charts"
-    assert not [tag for tag in tags if tag.startswith(("activation_logger/min/", "activation_logger/saturated_fraction/"))]  # ReLUs
-    assert "grad_clip/pre_clip_norm/features.conv1" not in tags  # grad_logger's grad_norm says it
+    assert not [tag for tag in tags if tag.startswith(("watch/activation_logger/min/", "watch/activation_logger/saturated_fraction/"))]  # ReLUs
+    assert "watch/grad_clip/pre_clip_norm/features.conv1" not in tags  # grad_logger's grad_norm says it
     for layer in ("features.act1", "features.act2", "classifier.act3", "classifier.act4"):
-        last = get(port, "plugin/scalars/scalars", run=run, tag=f"activation_logger/out_of_range/{layer}")[-1]
+        last = get(port, "plugin/scalars/scalars", run=run, tag=f"watch/activation_logger/out_of_range/{layer}")[-1]
         assert last[1] == STEPS - 2 and last[2] <= 0.05, (layer, last)
-    shares = [value for _, _, value in get(port, "plugin/scalars/scalars", run=run, tag="plugin/overhead_share/activation_logger")]
+    shares = [value for _, _, value in get(port, "plugin/scalars/scalars", run=run, tag="watch/overhead_share/activation_logger")]
     assert shares and all(0 < share < 1 for share in shares)
 
 
@@ -69,18 +71,18 @@ def test_pictures_and_histograms_are_served(served):
     port, _ = served
     (run,) = get(port, "runs")
     images = get(port, "plugin/images/tags")[run]
-    for tag in ("activation_logger/over_time/classifier.act3", "activation_logger/by_layer/dead_fraction", "grad_logger/by_layer/grad_norm",
-                "weight_stats/by_layer/update_ratio", "pruning/by_layer/sparsity"):
+    for tag in ("watch/activation_logger/over_time/classifier.act3", "watch/activation_logger/by_layer/dead_fraction", "watch/grad_logger/by_layer/grad_norm",
+                "watch/weight_stats/by_layer/update_ratio", "watch/pruning/by_layer/sparsity"):
         assert tag in images, tag
-    entries = get(port, "plugin/images/images", run=run, tag="grad_logger/by_layer/grad_norm", sample="0")
+    entries = get(port, "plugin/images/images", run=run, tag="watch/grad_logger/by_layer/grad_norm", sample="0")
     assert entries[-1]["step"] == STEPS - 2  # the last picture shows the last logging step
     query = dict(urllib.parse.parse_qsl(entries[-1]["query"]))
     png = get(port, "plugin/images/individualImage", **query)
     assert png.startswith(b"\x89PNG") and int.from_bytes(png[16:20], "big") > 400  # the PNG header's width
     histograms = get(port, "plugin/histograms/tags")[run]
-    for tag in ("grad_logger/param_grad/classifier.fc1", "weight_stats/weight/classifier.fc1", "activation_logger/activation/classifier.act3"):
+    for tag in ("watch/grad_logger/param_grad/classifier.fc1", "watch/weight_stats/weight/classifier.fc1", "watch/activation_logger/activation/classifier.act3"):
         assert tag in histograms, tag
-    (_, step, buckets), *_ = get(port, "plugin/histograms/histograms", run=run, tag="weight_stats/weight/classifier.fc1")
+    (_, step, buckets), *_ = get(port, "plugin/histograms/histograms", run=run, tag="watch/weight_stats/weight/classifier.fc1")
     assert step == 0 and sum(count for _, _, count in buckets) == 120 * 400 + 120  # every weight and bias of fc1
 
 
@@ -96,4 +98,7 @@ def test_custom_scalars_and_hparams_are_served(served):
     settings = [info["name"] for info in experiment["hparamInfos"]]
     metrics = {info["name"]["tag"] for info in experiment["metricInfos"]}
     assert len(settings) <= 25 and {"model", "optimizer", "lr", "plugins"} <= set(settings)
+    # the tab ticks five settings, those marked as differing first: the ones that define the run
+    assert settings[:5] == ["data", "lr", "model", "optimizer", "plugins"]
+    assert [info["name"] for info in experiment["hparamInfos"] if info.get("differs")] == settings[:5]
     assert metrics == {"val/acc_best", "test/acc", "test/loss"}

@@ -42,8 +42,8 @@ def test_the_readme_plain_loop_runs_plugins_and_writes_tensorboard(tmp_path, mon
     exec(compile(source, "README.md", "exec"), {})
     events = read_events(tmp_path / "runs" / "plain")
     for layer in ("fc1", "head"):  # the MLP's layers with parameters
-        assert [event.step for event in events.Scalars(f"grad_logger/grad_norm/{layer}")] == [0, 5, 10, 15]
-    assert "grad_logger/grad/fc1" in events.Tags()["histograms"]
+        assert [event.step for event in events.Scalars(f"watch/grad_logger/grad_norm/{layer}")] == [0, 5, 10, 15]
+    assert "watch/grad_logger/grad/fc1" in events.Tags()["histograms"]
     assert "custom_scalars__config__" in events.Tags()["tensors"]
 
 

@@ -42,7 +42,7 @@ def test_both_engines_train_the_same_model_bit_for_bit_and_log_the_same(make_cfg
 
     trainer_scalars, fabric_scalars = scalars(tmp_path / "trainer"), scalars(tmp_path / "fabric")
     assert fabric_scalars.keys() == trainer_scalars.keys() - {"epoch"}  # Lightning's epoch counter is no chart of the run
-    for tag in ("train/loss", "val/acc", "test/acc", "lr-Adam", "grad_logger/grad_norm/features.conv1"):
+    for tag in ("train/loss", "val/acc", "test/acc", "lr-Adam", "watch/grad_logger/grad_norm/features.conv1"):
         assert fabric_scalars[tag] == trainer_scalars[tag], tag
     assert [step for step, _ in fabric_scalars["test/acc"]] == [2]  # once, at the last step
 

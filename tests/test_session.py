@@ -342,9 +342,9 @@ def test_observers_run_in_training_only_unless_given_other_phases(tmp_path):
     events = fit_with_validation([default, evaluating], tmp_path)
     assert default.phases == ("train",) and default.phases_seen == {"train"} and default.updates == 6
     assert evaluating.phases_seen == {"validate"} and evaluating.updates == 0  # evaluation leaves buffers alone
-    assert [e.step for e in events.Scalars("evaluating/validate/output_mean/head")] == [2, 5]  # once per validation, after steps 0-2 and 3-5
-    assert "default/output_mean/head" in events.Tags()["scalars"]
-    assert not any(tag.startswith("default/validate") for tag in events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("watch/evaluating/validate/output_mean/head")] == [2, 5]  # once per validation, after steps 0-2 and 3-5
+    assert "watch/default/output_mean/head" in events.Tags()["scalars"]
+    assert not any(tag.startswith("watch/default/validate") for tag in events.Tags()["scalars"])
 
 
 def test_phases_must_be_known():
@@ -409,8 +409,8 @@ def test_a_plain_loop_writes_csv_rows_and_an_evaluation_phase(tmp_path):
             expected_test = torch.stack([model(x).mean(), model(x * 2).mean()]).mean()
     rows = list(csv.DictReader((tmp_path / "stats.csv").open()))
     tags = [(row["step"], row["tag"]) for row in rows]
-    assert ("0", "rec/output_mean/head") in tags and ("2", "rec/output_mean/head") in tags and ("1", "rec/output_mean/head") not in tags
-    test_row = next(row for row in rows if row["tag"] == "rec/test/output_mean/head")
+    assert ("0", "watch/rec/output_mean/head") in tags and ("2", "watch/rec/output_mean/head") in tags and ("1", "watch/rec/output_mean/head") not in tags
+    test_row = next(row for row in rows if row["tag"] == "watch/rec/test/output_mean/head")
     assert test_row["step"] == "2" and float(test_row["value"]) == pytest.approx(expected_test.item(), rel=1e-6)
     assert plugin.calls[-2:] == [(2, "head"), (2, "head")]  # the test batches ran the hook, at the last step trained
 
@@ -473,10 +473,10 @@ def test_scalars_histograms_and_pictures_reach_the_writer_each_in_its_place():
     writer = RecordingWriter()
     with HookSession(model, [Pictures(name="p", targets=["fc1", "head"])], writers=[writer]) as session, session.step(0):
         model(torch.randn(5, 4)).sum().backward()
-    assert writer.scalars["p/level/fc1"] == 0.5 and writer.scalars["p/level/head"] == 1.5 and writer.scalars["p/total"] == 2.0
+    assert writer.scalars["watch/p/level/fc1"] == 0.5 and writer.scalars["watch/p/level/head"] == 1.5 and writer.scalars["watch/p/total"] == 2.0
     expected = torch.arange(12, dtype=torch.float32).view(2, 2, 3) / 12
-    assert torch.equal(writer.images["p/picture/fc1"], expected[0]) and torch.equal(writer.images["p/picture/head"], expected[1])
-    assert writer.histograms["p/values/head"][:5] == [1.0, 4.0, 4.0, 10.0, 30.0]  # min, max, count, sum, sum of squares
+    assert torch.equal(writer.images["watch/p/picture/fc1"], expected[0]) and torch.equal(writer.images["watch/p/picture/head"], expected[1])
+    assert writer.histograms["watch/p/values/head"][:5] == [1.0, 4.0, 4.0, 10.0, 30.0]  # min, max, count, sum, sum of squares
 
 
 class Levels(HookPlugin):
@@ -507,12 +507,12 @@ def test_layer_pictures_keep_every_logged_step_in_buffers_and_are_drawn_a_few_ti
     history = session.state.lv.by_layer
     assert history.steps[-4:].tolist() == [0, 2, 4, 6] and (history.steps[:-4] == -1).all()
     torch.testing.assert_close(history.level[:, -4:], torch.tensor([[1.0, 3, 5, 7], [10, 30, 50, 70]]))
-    assert writer.image_steps == [("lv/by_layer/level", 2), ("lv/by_layer/level", 4), ("lv/by_layer/level", 6)]
-    image = writer.images["lv/by_layer/level"]
+    assert writer.image_steps == [("watch/lv/by_layer/level", 2), ("watch/lv/by_layer/level", 4), ("watch/lv/by_layer/level", 6)]
+    image = writer.images["watch/lv/by_layer/level"]
     assert image.dim() == 3 and image.shape[0] == 3 and image.std() > 0.1  # a real picture, not a blank
-    assert "lv/level/fc1" in writer.scalars and not any("_bookkeeping" in tag for tag in writer.scalars)
+    assert "watch/lv/level/fc1" in writer.scalars and not any("_bookkeeping" in tag for tag in writer.scalars)
     _, long_fit = run_levels(total_steps=1000)
-    assert long_fit.image_steps == [("lv/by_layer/level", 6)]  # none due during the fit: the last picture at close
+    assert long_fit.image_steps == [("watch/lv/by_layer/level", 6)]  # none due during the fit: the last picture at close
 
 
 class Sleeper(HookPlugin):
@@ -530,6 +530,6 @@ def test_overhead_is_the_plugins_share_of_the_step_time_since_its_last_logging_s
             with session.step(step):
                 model(torch.randn(2, 4)).sum().backward()
             time.sleep(0.004)  # outside the step (data loading, validation): not step time
-    shares = {step: values.get("plugin/overhead_share/slow") for step, values in writer.scalars_at.items()}
+    shares = {step: values.get("watch/overhead_share/slow") for step, values in writer.scalars_at.items()}
     assert list(shares) == [0, 3, 6] and shares[0] is None  # no interval before the first logging step
     assert 0.6 < shares[3] <= 1.0 and 0.6 < shares[6] <= 1.0  # 4 ms in a step of little more

@@ -36,13 +36,13 @@ def test_main_job_logs_grad_stats_checkpoints_buffers_and_exports_plain_weights(
     scalars, histograms = events.Tags()["scalars"], events.Tags()["histograms"]
     for layer in LENET_LAYERS:
         for stat in ("grad_norm", "param_grad_norm"):
-            assert [event.step for event in events.Scalars(f"grad_logger/{stat}/{layer}")] == [0, 2]
-        assert f"grad_logger/ema_grad_norm/{layer}" not in scalars  # a buffer, not a chart: TensorBoard smooths already
-        assert f"grad_logger/grad/{layer}" in histograms and f"grad_logger/param_grad/{layer}" in histograms
+            assert [event.step for event in events.Scalars(f"watch/grad_logger/{stat}/{layer}")] == [0, 2]
+        assert f"watch/grad_logger/ema_grad_norm/{layer}" not in scalars  # a buffer, not a chart: TensorBoard smooths already
+        assert f"watch/grad_logger/grad/{layer}" in histograms and f"watch/grad_logger/param_grad/{layer}" in histograms
     assert "test/acc" in scalars
     assert [event.value for event in events.Scalars("lr-Adam")] == [pytest.approx(0.002)]  # the configured lr, epoch 0
     assert "custom_scalars__config__" in events.Tags()["tensors"]  # one chart per stat, a line per layer
-    logged = events.Scalars("grad_logger/grad_norm/features.conv1")[-1].value
+    logged = events.Scalars("watch/grad_logger/grad_norm/features.conv1")[-1].value
 
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     state = checkpoint["state_dict"]
@@ -62,7 +62,7 @@ def test_other_models_train_with_the_plugin_on_their_layers(make_cfg, tmp_path, 
     train(make_cfg(f"model={model_name}", "plugins=[grad_logger]", "plugins.grad_logger.targets=[*fc1]"))
     tags = read_events(tmp_path / "tensorboard").Tags()["scalars"]
     expected = "fc1" if model_name == "mlp" else "head.fc1"
-    assert f"grad_logger/grad_norm/{expected}" in tags
+    assert f"watch/grad_logger/grad_norm/{expected}" in tags
 
 
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resuming in place
@@ -193,13 +193,13 @@ def test_all_plugins_together_log_checkpoint_and_export(make_cfg, tmp_path):
     tags = events.Tags()
     for name, stat in [("grad_clip", "pre_clip_norm_max"), ("pruning", "sparsity"), ("module_timer", "backward_ms"),
                        ("weight_stats", "update_ratio"), ("grad_logger", "grad_norm")]:
-        assert f"{name}/{stat}/features.conv1" in tags["scalars"], name
-    assert "activation_logger/dead_fraction/features.act1" in tags["scalars"]  # at the ReLU, where it means something
-    assert not [tag for tag in tags["scalars"] if "/ema_" in tag or tag.startswith("activation_logger/min/")]  # nothing constant or repeated
-    assert "pruning/overall_sparsity" in tags["scalars"] and "plugin/overhead_share/grad_clip" in tags["scalars"]
-    for histogram in ("activation_logger/activation/classifier.act3", "grad_logger/param_grad/classifier.fc1", "weight_stats/weight/classifier.fc1"):
+        assert f"watch/{name}/{stat}/features.conv1" in tags["scalars"], name
+    assert "watch/activation_logger/dead_fraction/features.act1" in tags["scalars"]  # at the ReLU, where it means something
+    assert not [tag for tag in tags["scalars"] if "/ema_" in tag or tag.startswith("watch/activation_logger/min/")]  # nothing constant or repeated
+    assert "watch/pruning/overall_sparsity" in tags["scalars"] and "watch/overhead_share/grad_clip" in tags["scalars"]
+    for histogram in ("watch/activation_logger/activation/classifier.act3", "watch/grad_logger/param_grad/classifier.fc1", "watch/weight_stats/weight/classifier.fc1"):
         assert histogram in tags["histograms"], histogram
-    for image in ("activation_logger/over_time/classifier.act3", "activation_logger/by_layer/dead_fraction", "grad_logger/by_layer/grad_norm"):
+    for image in ("watch/activation_logger/over_time/classifier.act3", "watch/activation_logger/by_layer/dead_fraction", "watch/grad_logger/by_layer/grad_norm"):
         assert image in tags["images"], image
     raw_tags = {value.tag for path in (tmp_path / "tensorboard").glob("events.*") for event in EventFileLoader(str(path)).Load()
                 for value in event.summary.value}
@@ -267,3 +267,11 @@ def test_run_settings_add_every_command_line_override_up_to_25(make_cfg):
     settings = run_settings(make_cfg(), ["model=mlp", "task.optimizer.lr=0.01", "hydra.run.dir=x", *[f"+extra{i}=1" for i in range(30)]])
     assert settings["model"] == "LeNet" and settings["task.optimizer.lr"] == "0.01" and "hydra.run.dir" not in settings
     assert len(settings) == 25
+
+
+def test_the_hparams_tab_shows_the_command_lines_changes_then_model_plugins_optimizer_lr(make_cfg):
+    from hooktrain.hparams import run_settings, shown_at_first
+
+    overrides = ["+seed=3", "hydra.run.dir=x", "task.optimizer.lr=0.01"]
+    assert shown_at_first(run_settings(make_cfg(), overrides), overrides) == ["seed", "task.optimizer.lr", "model", "plugins", "optimizer"]
+    assert shown_at_first(run_settings(make_cfg())) == ["model", "plugins", "optimizer", "lr", "data"]

@@ -26,7 +26,7 @@ from hooktrain.errors import HooktrainError, in_one_sentence
 from hooktrain.metrics import EpochAccuracy
 from hooktrain.run import check_model_takes_data, uncompiled
 from hooktrain.rundir import run_directory
-from hooktrain.session import HookSession
+from hooktrain.session import TAG_ROOT, HookSession
 from hooktrain.writers import writers_for
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def analyze(cfg: DictConfig) -> dict[str, float]:
     """Loads the weights, runs ``cfg.split`` with the plugins, writes what they measured.
 
     Returns:
-        ``{"<split>/loss": ..., "<split>/acc": ..., "<plugin>/analyze/<stat>/<module>": ...}``.
+        ``{"<split>/loss": ..., "<split>/acc": ..., "watch/<plugin>/analyze/<stat>/<module>": ...}``.
 
     Raises:
         HooktrainError: no or a wrong ``ckpt_path``, an unknown split, a plugin refusing its input;
@@ -159,8 +159,8 @@ def table(metrics: dict[str, float], scalars: dict[str, float], module_order: li
     """Per layer, in the model's order, one column per plugin statistic measured; the split's loss and accuracy first."""
     columns: dict[str, dict[str, float]] = {}
     for tag, value in scalars.items():
-        plugin, phase, stat, module = (tag.split("/", 3) + ["", "", ""])[:4]
-        if phase == "analyze" and module:
+        root, plugin, phase, stat, module = (tag.split("/", 4) + ["", "", "", ""])[:5]
+        if root == TAG_ROOT and phase == "analyze" and module:
             columns.setdefault(f"{plugin}/{stat}", {})[module] = value
     lines = [", ".join(f"{name} {value:.4f}" for name, value in metrics.items())]
     if columns:

@@ -17,7 +17,7 @@ from hooktrain.build import build, build_plugins
 from hooktrain.engines.lightning import HookCallback
 from hooktrain.errors import HooktrainError, check_positive, in_one_sentence
 from hooktrain.export import AtomicCheckpointIO, save_atomic
-from hooktrain.hparams import run_settings
+from hooktrain.hparams import run_settings, shown_at_first
 from hooktrain.rundir import run_directory
 from hooktrain.validate import check_arguments
 from hooktrain.writers import TensorBoardWriter
@@ -137,7 +137,8 @@ def log_run_summary(trainer: pl.Trainer, cfg: DictConfig) -> None:
         if best is not None:
             logger.log_metrics({"val/acc_best": float(best)}, step=trainer.global_step)
         if isinstance(logger, TensorBoardLogger):
-            TensorBoardWriter(summary_writer=logger.experiment).write_hparams(settings, ["val/acc_best", "test/acc", "test/loss"])
+            TensorBoardWriter(summary_writer=logger.experiment).write_hparams(
+                settings, ["val/acc_best", "test/acc", "test/loss"], shown=shown_at_first(settings, overrides))
         else:
             logger.log_hyperparams(settings)
 

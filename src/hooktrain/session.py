@@ -31,6 +31,7 @@ _STEP_METHODS = ("before_optimizer_step", "after_optimizer_step")
 _UNCOMPILABLE = ("backward_pre", "backward")  # full backward hooks: torch.compile then runs the whole model eagerly
 PICTURE_COLUMNS = 100  # logging steps a layer picture shows (the last ones)
 DRAWS_PER_FIT = 4  # a picture holds every logging step so far: a few drawings a fit tell the story, and each costs ~0.1 s
+TAG_ROOT = "watch"  # every plugin tag starts here: TensorBoard orders groups by name, so train/, val/ and test/ come first
 
 
 class _Gate:
@@ -348,7 +349,7 @@ class HookSession:
                 raise
             except Exception as error:
                 raise PluginHookError(f"plugin {plugin.name!r} failed drawing its pictures: {type(error).__name__}: {error}") from error
-            images += [(f"{plugin.name}/{name}", to_image(figure)) for name, figure in figures.items()]
+            images += [(f"{TAG_ROOT}/{plugin.name}/{name}", to_image(figure)) for name, figure in figures.items()]
         for writer in self.writers:
             for tag, image in images:
                 writer.write_image(tag, image, self._logged_step)
@@ -465,7 +466,7 @@ class HookSession:
                 continue
             start, position = position, position + values.numel()
             if values.dim() == 0:  # one value for the whole plugin
-                scalars[f"{plugin_name}/{phase}{stat}"] = numbers[start]
+                scalars[f"{TAG_ROOT}/{plugin_name}/{phase}{stat}"] = numbers[start]
                 continue
             for index, keep in enumerate(present):
                 if keep:
@@ -488,11 +489,11 @@ class HookSession:
         grown = False
         for name, stat, values, _ in logged if train else ():
             if values.dim() == 1 and stat not in self._layout.get(name, {}):
-                self._layout.setdefault(name, {})[stat] = ["Multiline", [rf"^{name}/{stat}/"]]
+                self._layout.setdefault(name, {})[stat] = ["Multiline", [rf"^{TAG_ROOT}/{name}/{stat}/"]]
                 grown = True
         if grown:  # a plugin's first logging step: the layout grows (TensorBoard shows the last one written)
             layout = {"run": self.run_charts} if self.run_charts else {}
-            layout["plugin"] = {"overhead_share": ["Multiline", [r"^plugin/overhead_share/"]]}
+            layout["plugin"] = {"overhead_share": ["Multiline", [rf"^{TAG_ROOT}/overhead_share/"]]}
             layout |= {plugin.name: self._layout[plugin.name] for plugin in self.plugins if plugin.name in self._layout}
             for writer in self.writers:
                 writer.write_layout(layout)
@@ -501,14 +502,14 @@ class HookSession:
         return scalars
 
     def _overhead_shares(self, plugins: list[HookPlugin]) -> dict[str, float]:
-        """``plugin/overhead_share/<plugin>``: each plugin's host time (hooks, update) over the training step time since its
+        """``watch/overhead_share/<plugin>``: each plugin's host time (hooks, update) over the training step time since its
         last logging step; a busy machine slows both alike. On a GPU, host time is launch time, not kernel time."""
         shares = {}
         for plugin in plugins:
             spent = self._plugin_seconds.pop(plugin.name, 0.0)
             since = self._train_seconds - self._train_seconds_at_log.get(plugin.name, self._train_seconds)
             if since > 0:
-                shares[f"plugin/overhead_share/{plugin.name}"] = spent / since
+                shares[f"{TAG_ROOT}/overhead_share/{plugin.name}"] = spent / since
             self._train_seconds_at_log[plugin.name] = self._train_seconds
         return shares
 
@@ -540,7 +541,7 @@ class HookSession:
         return pictures
 
     def _tag(self, plugin_name: str, stat: str, index: int) -> str:
-        return f"{plugin_name}/{stat}/{self._contexts[plugin_name][index][1].module_name}"
+        return f"{TAG_ROOT}/{plugin_name}/{stat}/{self._contexts[plugin_name][index][1].module_name}"
 
     def _call_counts(self) -> dict[int, int]:
         calls: dict[int, int] = {}

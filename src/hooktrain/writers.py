@@ -66,15 +66,23 @@ class TensorBoardWriter(Writer):
     def write_layout(self, layout: dict[str, dict[str, list]]) -> None:
         self.experiment.add_custom_scalars(layout)
 
-    def write_hparams(self, settings: dict[str, object], metric_tags: list[str]) -> None:
+    def write_hparams(self, settings: dict[str, object], metric_tags: list[str], shown: list[str] = ()) -> None:
         """The HParams tab's row for this run: its settings, and the scalar tags whose last values are its metrics.
 
-        Lightning's ``log_hyperparams(params, metrics)`` logs the metrics a second time (at step 0 by
-        default); these summaries alone let TensorBoard read the metrics from the scalars already written.
+        ``shown`` are the settings TensorBoard ticks at first (it ticks five: those marked as differing, then the rest by
+        name). Lightning's ``log_hyperparams(params, metrics)`` would log the metrics a second time (at step 0); these
+        summaries alone let TensorBoard read them from the scalars already written.
         """
+        from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
         from torch.utils.tensorboard.summary import hparams
 
-        for summary in hparams(settings, {tag: 0.0 for tag in metric_tags}):
+        experiment, *session = hparams(settings, {tag: 0.0 for tag in metric_tags})
+        plugin_data = experiment.value[0].metadata.plugin_data
+        content = HParamsPluginData.FromString(plugin_data.content)
+        for info in content.experiment.hparam_infos:
+            info.differs = info.name in shown
+        plugin_data.content = content.SerializeToString()
+        for summary in experiment, *session:
             self.experiment._get_file_writer().add_summary(summary)
 
     def flush(self) -> None:
