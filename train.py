@@ -10,8 +10,8 @@ import hooktrain
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    hooktrain.run(cfg)
+def main(cfg: DictConfig) -> float | None:
+    return hooktrain.run(cfg)  # the value of `optimized_metric`, for a sweeper (hparams_search=optuna)
 
 
 if __name__ == "__main__":

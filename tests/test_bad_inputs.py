@@ -23,11 +23,11 @@ CASES = [
     ("ckpt_path=README.md", r"`ckpt_path`: 'README.md' is not a Lightning checkpoint \(torch.load cannot read it"),
     ("plugins=[grad_logger,grad_logger]", r"`plugins=\[grad_logger,grad_logger\]` lists grad_logger more than once"),
     ("trainer.devices=64", r"`trainer.devices`: 64 CPU processes on a machine with \d+ cores"),
-    ("model=resnet", r"`model=resnet`: there is no model 'resnet'; choose one of lenet, mlp, nested"),
+    ("model=resnet", r"`model=resnet`: there is no model 'resnet'; choose one of chimera, fixed_hidden_mlp, lenet, mlp, nest_mlp, nested"),
     ("trainer.max_epoch=3", r"`trainer.max_epoch` is not a setting of `trainer`; did you mean `trainer.max_epochs`\?"),
     # more of our own
     ("data.batch_sizes=3", r"`data.batch_sizes` is not a setting of `data`; did you mean `data.batch_size`\?"),
-    ("foo=1", r"`foo` is not a setting of the config; its keys are model, data"),
+    ("foo=1", r"`foo` is not a setting of the config; its keys are seed, .*model, data"),
     ("plugins=[grad_logger", r"cannot read this override: .*the form is key=value"),
     ("seed", r"cannot read this override: Error parsing override 'seed'"),
     ("plugins=[no_such_plugin]", r"unknown plugin 'no_such_plugin' in `plugins=\[no_such_plugin\]`; available plugins: ablate, "),
@@ -67,6 +67,22 @@ CASES = [
     ("trainer=fabric trainer.max_epoch=3", r"`trainer.max_epoch` is not a setting of `trainer`; did you mean `trainer.max_epochs`\?"),
     ("plugins=[patch] plugins.patch.targets=[classifier.fc2]", r"`plugins.patch.file`: no activation file at ''"),
     ("plugins=[activation_cache] plugins.activation_cache.max_samples=0", r"`plugins.activation_cache.max_samples` must be an integer >= 1, got 0"),
+    # the toolbox: config groups, data of one's own, models from YAML, per-layer settings, sweeps
+    ("data=folder", r"`data.root` needs a value, which its config leaves to you \(\?\?\?\); add data.root=\.\.\. to the command line"),
+    ("data=folder data.root=README.md", r"`data.root`: .*README.md is not a folder"),
+    ("data=fashion_mnist data.data_dir=/no/such", r"`data.data_dir`: /no/such lacks train-images-idx3-ubyte.gz, .* or set data.download=true"),
+    ("data=tensors data.path=README.md", r"`data.path` must be a .pt or .npz file, got 'README.md'"),
+    ("data=tensors data.path=/no/such.pt", r"`data.path`: /no/such.pt does not exist"),
+    ("callbacks=[default,nosuch]", r"there is no callbacks 'nosuch'; choose among default, early_stopping, "),
+    ("experiment=nosuch", r"`experiment=nosuch`: there is no experiment 'nosuch'; choose one of chimera_watched, lenet_pruned"),
+    ("debug=nosuch", r"`debug=nosuch`: there is no debug 'nosuch'; choose one of fast_dev_run, overfit, profiler"),
+    ("optimized_metric=val/acc", r"`optimized_metric` must be one of test/acc, test/loss, val/acc_best \(or null\), got 'val/acc'"),
+    ("model=chimera model.fixed.steps=[linear,mix,act,lin]", r"`model.fixed.steps` must name modules of this chain \(linear, mix, act\)"),
+    ("init=[{weight:xavier}]", r"`init\[0\].weight`: there is no scheme 'xavier'; choose one of xavier_uniform, "),
+    ("init=[{types:[Linear],weight:normal,args:{sd:1}}]", r"`init\[0\].args.sd` is not an argument of nn.init.normal_; it takes mean, std"),
+    ("init=[{types:[LSTM],weight:orthogonal}]", r"`init\[0\].types`: no module of the model is a 'LSTM'"),
+    ("task.param_groups=[{targets:[nope],lr:0.1}]", r"`task.param_groups\[0\].targets`: pattern 'nope' matches no module"),
+    ("task.param_groups=[{targets:[features.*],lrr:0.1}]", r"`task.param_groups\[0\].lrr` is not a setting of Adam; its settings are lr, "),
 ]
 
 

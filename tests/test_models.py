@@ -62,3 +62,44 @@ def test_data_is_resized_to_each_model_input(make_cfg, model_name, image_size):
     assert cfg.data.image_size == image_size
     model = instantiate(cfg.model)
     assert model(torch.randn(2, 1, image_size, image_size)).shape == (2, 10)
+
+
+def test_a_chain_calls_a_module_named_twice_with_one_weight():
+    from hooktrain.models import Chain
+
+    linear = nn.Linear(4, 4)
+    chain = Chain(["linear", "act", "linear"], linear=linear, act=nn.ReLU())
+    x = torch.randn(3, 4)
+    assert torch.equal(chain(x), linear(torch.relu(linear(x))))
+    assert list(chain.state_dict()) == ["linear.weight", "linear.bias"]  # one tensor each, though called twice
+    with pytest.raises(HooktrainError, match=r"`steps` never calls extra"):
+        Chain(["linear"], linear=nn.Linear(2, 2), extra=nn.ReLU())
+
+
+def test_a_fixed_linear_is_a_constant_buffer_and_frozen_modules_keep_their_weights():
+    from hooktrain.models import FixedLinear, frozen
+
+    fixed = FixedLinear(5, bias=1.0, seed=3)
+    assert not list(fixed.parameters()) and list(fixed.state_dict()) == ["weight"]
+    assert torch.equal(fixed.weight, FixedLinear(5, seed=3).weight)  # the seed makes the constant
+    assert torch.allclose(fixed(torch.eye(5)), fixed.weight + 1.0)
+    layer = frozen(nn.Linear(3, 3))
+    assert not any(param.requires_grad for param in layer.parameters())
+
+
+@pytest.mark.slow
+def test_the_chimera_trains_with_every_plugin_its_shared_layer_hooked_once_called_twice(make_cfg, tmp_path, caplog):
+    import logging
+
+    from conftest import every_plugin
+    from hooktrain import train
+
+    cfg = make_cfg("model=chimera", *every_plugin())
+    built = instantiate(cfg.model)
+    constant = built.fixed.mix.weight.clone()
+    with caplog.at_level(logging.INFO, logger="hooktrain"):
+        train(cfg)
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert sorted(key for key in weights if key.startswith("fixed.linear.")) == ["fixed.linear.bias", "fixed.linear.weight"]
+    assert torch.equal(weights["fixed.mix.weight"], constant)  # a buffer: built from its seed, never trained
+    assert "fixed.linear  x2" in caplog.text  # the hook map: one module, two calls a step

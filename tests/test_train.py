@@ -30,7 +30,9 @@ def read_events(log_dir: Path) -> EventAccumulator:
 def test_main_job_logs_grad_stats_checkpoints_buffers_and_exports_plain_weights(make_cfg, tmp_path):
     cfg = make_cfg("model=lenet", "plugins=[grad_logger]", "plugins.grad_logger.every_n_steps=2")
     metrics = train(cfg)
-    assert set(metrics) == {"test/acc", "test/loss"}
+    assert set(metrics) == {"test/acc", "test/loss", "val/acc_best"}
+    best = max(event.value for event in read_events(tmp_path / "tensorboard").Scalars("val/acc"))
+    assert metrics["val/acc_best"] == pytest.approx(best)  # what a sweeper optimizes: the best validation epoch
 
     events = read_events(tmp_path / "tensorboard")
     scalars, histograms = events.Tags()["scalars"], events.Tags()["histograms"]

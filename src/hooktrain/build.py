@@ -23,12 +23,20 @@ def build(node: DictConfig, field: str, **kwargs: Any) -> Any:
         while cause is not None and not isinstance(cause, HooktrainError):
             cause = cause.__cause__
         if cause is not None:  # the object's own check, which knows its argument but not its place in the config
-            raise HooktrainError(re.sub(r"^`(\w+)`", lambda m: f"`{field}.{m[1]}`" if m[1] in node else m[0], str(cause))) from None
+            raise HooktrainError(re.sub(r"^`(\w+)`", lambda m: _place(node, field, m[1]) or m[0], str(cause))) from None
         root = error
         while root.__cause__ is not None:
             root = root.__cause__
         detail = f"{type(root).__name__}: {root}" if root is not error else str(error).splitlines()[0]
         raise HooktrainError(f"cannot build `{field}` ({node.get('_target_')}): {detail}") from error
+
+
+def _place(node: DictConfig, field: str, key: str) -> str | None:
+    """``field.path.key`` where ``key`` is an argument of exactly one node inside ``node`` (nested models), else None."""
+    if key in node:
+        return f"`{field}.{key}`"
+    places = [place for name, child in node.items_ex(resolve=False) if isinstance(child, DictConfig) and (place := _place(child, f"{field}.{name}", key))]
+    return places[0] if len(places) == 1 else None
 
 
 def build_plugins(nodes: DictConfig | None) -> list[HookPlugin]:

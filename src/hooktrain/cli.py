@@ -56,6 +56,11 @@ def sentence(error: Exception, config_dir: Path, args: list[str] = (), config_na
         if found:
             group, option = found.groups()
             return f"`{group}={option}`: there is no {group} {option!r}; choose one of {', '.join(error.options)} (conf/{group}/)"
+    unloadable = re.search(r"Could not load '([\w/]+)/([^'/]+)'", text)
+    if unloadable and (config_dir / unloadable.group(1)).is_dir():  # an unknown option inside a list, e.g. callbacks=[default,nosuch]
+        group, option = unloadable.groups()
+        options = sorted(path.stem for path in (config_dir / group).glob("*.yaml"))
+        return f"there is no {group} {option!r}; choose among {', '.join(options)} (conf/{group}/)"
     if isinstance(error, OverrideParseException):
         detail = " ".join(line for line in text.splitlines() if not line.startswith("See "))
         return f"cannot read this override: {detail}; the form is key=value, e.g. trainer.max_epochs=5 or plugins=[grad_logger]"

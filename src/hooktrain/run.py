@@ -18,6 +18,7 @@ from hooktrain.engines.lightning import HookCallback
 from hooktrain.errors import HooktrainError, check_positive, in_one_sentence
 from hooktrain.export import AtomicCheckpointIO, save_atomic
 from hooktrain.hparams import run_settings, shown_at_first
+from hooktrain.init import initialize
 from hooktrain.rundir import run_directory
 from hooktrain.validate import check_arguments
 from hooktrain.writers import TensorBoardWriter
@@ -27,10 +28,19 @@ log = logging.getLogger(__name__)
 ENGINES = {"trainer": ("the Trainer engine", "trainer=cpu"), "fabric": ("the Fabric engine", "trainer=fabric")}  # what resumes which checkpoint
 
 
-def run(cfg: DictConfig) -> None:
-    """The command line's entry: trains; a user mistake or a plugin's failure ends it in one sentence, exit status 1."""
+RETURNED_METRICS = ("test/acc", "test/loss", "val/acc_best")  # what `train` returns, so what a sweeper can optimize
+
+
+def run(cfg: DictConfig) -> float | None:
+    """The command line's entry: trains; a user mistake or a plugin's failure ends it in one sentence, exit status 1.
+
+    Returns:
+        The value of ``optimized_metric`` (for a sweeper such as Optuna's), or None when it is not set.
+    """
     with in_one_sentence():
-        train(cfg)
+        metrics = train(cfg)
+        name = cfg.get("optimized_metric")
+        return None if name is None else metrics.get(name)
 
 
 @dataclass
@@ -50,9 +60,11 @@ def build_run(cfg: DictConfig) -> Run:
         HooktrainError: a config value is wrong; the message names the field.
     """
     check_run_settings(cfg)
+    check_optimized_metric(cfg.get("optimized_metric"))
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, "data")
     model, compiled = uncompiled(build(cfg.model, "model"), check_compile(cfg.get("compile", False)))
+    initialize(model, cfg.get("init"))
     check_model_takes_data(model, datamodule)
     task = build(cfg.task, "task", model=model)
     check_optimizer(task)
@@ -78,7 +90,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Builds the run, fits (resuming from ``ckpt_path``), tests the final model and exports it as ``model.pt``.
 
     Returns:
-        The test metrics, e.g. ``{"test/acc": 0.98, "test/loss": 0.07}``.
+        The test metrics and the best validation accuracy, e.g. ``{"test/acc": 0.98, "test/loss": 0.07, "val/acc_best": 0.98}``.
 
     Raises:
         HooktrainError: a config value is wrong; raised before training starts.
@@ -110,7 +122,9 @@ def fit_test_export(cfg: DictConfig, run: Run, ckpt_path: str | None, output_dir
     # schedule such as pruning's, the best validation epoch can predate the final sparsity.
     results = trainer.test(task, datamodule=run.datamodule, ckpt_path=None)
     metrics = results[0] if results else {}
-    log_run_summary(trainer, cfg)
+    best = log_run_summary(trainer, cfg)
+    if best is not None:
+        metrics = {**metrics, "val/acc_best": best}
 
     weights, not_in_weights = run.hooks.session.export_state_dict() if run.hooks else (task.model.state_dict(), [])
     if trainer.is_global_zero:
@@ -125,22 +139,28 @@ def fit_test_export(cfg: DictConfig, run: Run, ckpt_path: str | None, output_dir
     return metrics
 
 
-def log_run_summary(trainer: pl.Trainer, cfg: DictConfig) -> None:
+def log_run_summary(trainer: pl.Trainer, cfg: DictConfig) -> float | None:
     """The best validation accuracy as one scalar, and TensorBoard's HParams row: the run's settings against
-    ``val/acc_best``, ``test/acc`` and ``test/loss`` (the test metrics stay where the test logged them, once)."""
-    best = next((callback.best_model_score for callback in trainer.checkpoint_callbacks if callback.monitor == "val/acc"), None)
+    ``val/acc_best``, ``test/acc`` and ``test/loss`` (the test metrics stay where the test logged them, once).
+
+    Returns:
+        The best validation accuracy, where a checkpoint callback monitors ``val/acc``; else None.
+    """
+    score = next((callback.best_model_score for callback in trainer.checkpoint_callbacks if callback.monitor == "val/acc"), None)
+    best = float(score) if score is not None else None
     if not trainer.is_global_zero:
-        return
+        return best
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     settings = run_settings(cfg, overrides)
     for logger in trainer.loggers:
         if best is not None:
-            logger.log_metrics({"val/acc_best": float(best)}, step=trainer.global_step)
+            logger.log_metrics({"val/acc_best": best}, step=trainer.global_step)
         if isinstance(logger, TensorBoardLogger):
             TensorBoardWriter(summary_writer=logger.experiment).write_hparams(
                 settings, ["val/acc_best", "test/acc", "test/loss"], shown=shown_at_first(settings, overrides))
         else:
             logger.log_hyperparams(settings)
+    return best
 
 
 def check_compile(value: object) -> bool | str:
@@ -167,7 +187,11 @@ def uncompiled(model: nn.Module, compile: bool | str) -> tuple[nn.Module, bool |
 
 def check_run_settings(cfg: DictConfig) -> None:
     """The trainer's arguments first (other nodes interpolate them: the scheduler's ``T_max``), then the settings no
-    signature types: the seed, Lightning's logging interval, CPU processes against cores."""
+    signature types: the seed, Lightning's logging interval, CPU processes against cores. A required value (``???``,
+    such as data=folder's ``data.root``) must be given."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise HooktrainError(f"`{missing[0]}` needs a value, which its config leaves to you (???); add {missing[0]}=... to the command line")
     check_arguments(cfg.trainer, "trainer")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise HooktrainError(f"`seed` must be an integer, got {cfg.seed!r}")
@@ -180,6 +204,12 @@ def check_run_settings(cfg: DictConfig) -> None:
             f"`trainer.devices`: {devices} CPU processes on a machine with {cores} cores would share them and run slower "
             f"than {cores}; use trainer.devices={cores} or fewer"
         )
+
+
+def check_optimized_metric(name: object) -> None:
+    """``optimized_metric`` must be one of the metrics ``train`` returns, or a sweep would optimize nothing."""
+    if name is not None and name not in RETURNED_METRICS:
+        raise HooktrainError(f"`optimized_metric` must be one of {', '.join(RETURNED_METRICS)} (or null), got {name!r}")
 
 
 def check_monitored_metrics(callbacks: DictConfig | None, task: pl.LightningModule) -> None:

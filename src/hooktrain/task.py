@@ -1,7 +1,7 @@
 """ClassifierTask: the LightningModule that trains any classifier nn.Module."""
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from hooktrain.errors import NonFiniteError
 from hooktrain.metrics import EpochAccuracy
+from hooktrain.param_groups import check_group_settings, parameter_groups
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -23,15 +24,21 @@ class ClassifierTask(pl.LightningModule):
         model: any ``nn.Module`` mapping a batch of inputs to ``(B, num_classes)`` logits.
         optimizer: builds the optimizer from parameters (a ``_partial_`` config such as Adam).
         scheduler: builds a learning-rate scheduler from the optimizer, stepped once per epoch; optional.
+        param_groups: per-layer optimizer settings, e.g. ``[{targets: [features.*], lr: 2e-4}]``
+            (:func:`hooktrain.param_groups.parameter_groups`).
     """
 
     metric_names = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc")  # what a callback may monitor
 
-    def __init__(self, model: nn.Module, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None,
+        param_groups: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.param_groups = param_groups
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -91,7 +98,8 @@ class ClassifierTask(pl.LightningModule):
         )
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.model.parameters())
+        optimizer = self.optimizer_factory(parameter_groups(self.model, self.param_groups))
+        check_group_settings(optimizer, self.param_groups)
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}

@@ -94,17 +94,25 @@ class TensorDataModule(pl.LightningDataModule):
         """Returns images ``(N, C, H, W)`` as float and labels ``(N,)`` as int64."""
         raise NotImplementedError
 
+    def load_test(self) -> tuple[Tensor, Tensor] | None:
+        """The data set's own test images and labels, where it has them (MNIST's 10,000); None: ``test_fraction`` of
+        :meth:`load` is held out instead."""
+        return None
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         images, labels = self.load()
+        own_test = self.load_test()
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
         num_val = round(len(labels) * self.val_fraction)
-        num_test = round(len(labels) * self.test_fraction)
+        num_test = 0 if own_test is not None else round(len(labels) * self.test_fraction)
         parts = {"test": order[:num_test], "val": order[num_test : num_test + num_val], "train": order[num_test + num_val :]}
         train = images[parts["train"]]
         mean, std = train.mean(), train.std().clamp_min(1e-8)
         self.splits = {name: BatchIndexedTensors((images[idx] - mean) / std, labels[idx]) for name, idx in parts.items()}
+        if own_test is not None:
+            self.splits["test"] = BatchIndexedTensors((own_test[0] - mean) / std, own_test[1])
 
     def example_input(self, batch_size: int = 2) -> Tensor:
         """A few training images, to check that the model takes them before training starts."""
