@@ -370,7 +370,7 @@ def _path(callback: ModelCheckpoint) -> Path:
 
 
 def _learning_rates(optimizer: Any) -> dict[str, float]:
-    """Named as LearningRateMonitor names them: ``lr-Adam``, ``lr-Adam/pg2`` for further parameter groups."""
+    """Named as LearningRateMonitor names them: ``lr-Adam``; with several parameter groups ``lr-Adam/pg1``, ``lr-Adam/pg2``."""
     name = f"lr-{type(optimizer.optimizer if hasattr(optimizer, 'optimizer') else optimizer).__name__}"
     groups = optimizer.param_groups
-    return {name if i == 0 else f"{name}/pg{i + 1}": group["lr"] for i, group in enumerate(groups)}
+    return {name if len(groups) == 1 else f"{name}/pg{i + 1}": group["lr"] for i, group in enumerate(groups)}
