@@ -183,7 +183,10 @@ def test_cli_lists_plugins_and_config_groups():
     assert "every_n_steps: 50" in listing.stdout
 
     help_text = run_cli("train.py", "--help").stdout
-    for group in ("model: lenet, mlp, nested", "data: digits, synthetic", "trainer: cpu, ddp, fabric, gpu", "logger: csv, tensorboard", "plugins: " + ", ".join(plugin_names(ROOT / "conf"))):
+    groups = ("model: chimera, fixed_hidden_mlp, lenet, mlp, nest_mlp, nested", "data: digits, fashion_mnist, folder, mnist, synthetic, tensors",
+              "trainer: cpu, ddp, fabric, gpu", "logger: csv, tensorboard", "task: classifier, sgd", "debug: fast_dev_run, overfit, profiler",
+              "hparams_search: optuna", "plugins: " + ", ".join(plugin_names(ROOT / "conf")))
+    for group in groups:
         assert group in help_text, help_text
 
 
