@@ -2,7 +2,7 @@
 
 The same config groups as training (model, data, plugins, logger) and a ``ckpt_path`` (a Lightning
 checkpoint of either engine, or a ``model.pt``). Every chosen plugin runs in the ``analyze`` phase
-on every batch; what they record goes to TensorBoard under ``<plugin>/analyze/<stat>/<module>`` and
+on every batch; what they record goes to TensorBoard under ``watch/<plugin>/analyze/<stat>/<module>`` and
 into a per-layer table on the console; plugins such as ``activation_cache`` write files. The
 checkpoint is only read.
 """

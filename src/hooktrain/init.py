@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from hooktrain.errors import HooktrainError
-from hooktrain.select import select_modules
+from hooktrain.select import select_from
 
 SCHEMES = {
     name: getattr(nn.init, f"{name}_")
@@ -41,7 +41,7 @@ def initialize(model: nn.Module, rules: Sequence[Mapping] | None) -> None:
     for index, rule in enumerate(rules):
         field = f"init[{index}]"
         weight, bias, args = _check_rule(rule, field)
-        selected = {id(module) for _, module in select_modules(model, _as_list(rule.get("targets")), _as_list(rule.get("types")), field)}
+        selected = {id(module) for _, module in select_from(model, rule, field)}
 
         def apply(module: nn.Module) -> None:
             if id(module) not in selected:
@@ -83,7 +83,3 @@ def _call(scheme: str, tensor: nn.Parameter, args: dict, field: str) -> None:
         SCHEMES[scheme](tensor, **args)
     except (ValueError, TypeError) as error:  # e.g. xavier on a 1-d tensor, an unknown nonlinearity
         raise HooktrainError(f"`{field}`: nn.init.{scheme}_ refused a tensor of shape {tuple(tensor.shape)}: {error}") from None
-
-
-def _as_list(value: object) -> list[str]:
-    return [value] if isinstance(value, str) else list(value or [])

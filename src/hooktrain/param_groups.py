@@ -9,11 +9,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from hooktrain.errors import HooktrainError
-from hooktrain.select import select_modules
+from hooktrain.select import select_from
 
 
 def parameter_groups(model: nn.Module, groups: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
@@ -23,17 +22,15 @@ def parameter_groups(model: nn.Module, groups: Sequence[Mapping[str, Any]] | Non
     Raises:
         HooktrainError: an entry that is not a mapping, selects no module, or only parameters an earlier entry took.
     """
-    if isinstance(groups, (DictConfig, ListConfig)):
-        groups = OmegaConf.to_container(groups, resolve=True)
     taken: set[int] = set()
     chosen = []
     for index, entry in enumerate(groups or []):
         field = f"task.param_groups[{index}]"
         if not isinstance(entry, dict) or not (entry.get("targets") or entry.get("types")):
             raise HooktrainError(f"`{field}` must be a mapping with `targets` (globs) or `types`, and settings such as lr, got {entry!r}")
-        targets, types = ([value] if isinstance(value, str) else list(value or []) for value in (entry.get("targets"), entry.get("types")))
-        params = [param for _, module in select_modules(model, targets, types, field) for param in module.parameters() if id(param) not in taken]
-        params = list({id(param): param for param in params}.values())
+        modules = [module for _, module in select_from(model, entry, field)]
+        # A module and its child can both match a glob (features, features.conv1): each parameter once.
+        params = list({id(p): p for module in modules for p in module.parameters() if id(p) not in taken}.values())
         if not params:
             raise HooktrainError(f"`{field}` selects no parameter that an earlier entry did not take; widen its targets or drop it")
         taken |= {id(param) for param in params}
@@ -44,8 +41,6 @@ def parameter_groups(model: nn.Module, groups: Sequence[Mapping[str, Any]] | Non
 
 def check_group_settings(optimizer: torch.optim.Optimizer, groups: Sequence[Mapping[str, Any]] | None) -> None:
     """Every key of a ``param_groups`` entry is a setting of the optimizer: torch would keep a misspelt one silently."""
-    if isinstance(groups, (DictConfig, ListConfig)):
-        groups = OmegaConf.to_container(groups, resolve=True)
     for index, entry in enumerate(groups or []):
         for key in entry:
             if key not in ("targets", "types") and key not in optimizer.defaults:

@@ -86,7 +86,7 @@ class HookContext:
 
         ``reduce`` is ``mean`` (default), ``sum`` (counts), ``max`` or ``min``: a module called
         twice in a step (a shared layer) records twice, and ``sum`` adds both, ``mean`` averages them.
-        The value stays on its device: no host sync. A scalar is logged as ``<plugin>/<stat>/<module_name>``;
+        The value stays on its device: no host sync. A scalar is logged as ``watch/<plugin>/<stat>/<module_name>``;
         a statistic whose name starts with ``_`` reaches ``update`` but is not logged (the plugin's own bookkeeping).
         """
         self._stats.add(stat, self.index, value, reduce)
@@ -127,7 +127,7 @@ class HookPlugin:
             observe, and all of them for plugins that change the forward computation
             (``changes_forward``), so evaluation measures the model that trained.
             In evaluation a plugin runs on every batch; what it records is logged once per phase as
-            ``<plugin>/<phase>/<stat>/<module>`` and does not touch its buffers.
+            ``watch/<plugin>/<phase>/<stat>/<module>`` and does not touch its buffers.
 
     Raises:
         HooktrainError: a value is out of range; the message names ``plugins.<name>.<field>``.
@@ -162,7 +162,7 @@ class HookPlugin:
 
     layer_pictures: tuple[str, ...] = ()
     """Per-module statistics (recorded or returned by ``update``) that also get one picture with every layer:
-    rows = layers, columns = logging steps, colour = value (``<plugin>/by_layer/<stat>``, drawn by ``HookSession.draw``).
+    rows = layers, columns = logging steps, colour = value (``watch/<plugin>/by_layer/<stat>``, drawn by ``HookSession.draw``).
     The session keeps their last 100 logging steps in ``state.by_layer``, so a resumed run's pictures go on."""
 
     example_settings: dict[str, Any] = {}
@@ -260,7 +260,7 @@ class HookPlugin:
 
         Each value of ``stats`` is a ``(num_modules, *shape)`` tensor of what ``ctx.record`` got,
         already averaged over the processes of a distributed run, so every rank writes the same
-        buffers. Returned tensors are logged: shape ``()`` as ``<plugin>/<stat>``, ``(num_modules,)``
+        buffers. Returned tensors are logged: shape ``()`` as ``watch/<plugin>/<stat>``, ``(num_modules,)``
         as a scalar per module, ``(num_modules, [3,] H, W)`` with values in [0, 1] as an image per module.
         Called for training steps only: evaluation phases log what hooks record and leave buffers alone.
         """
@@ -272,7 +272,7 @@ class HookPlugin:
         return {}
 
     def draw(self, state: nn.Module) -> dict[str, Any]:
-        """Pictures drawn from the buffers, ``{name: matplotlib Figure}``, logged as images ``<plugin>/<name>``.
+        """Pictures drawn from the buffers, ``{name: matplotlib Figure}``, logged as images ``watch/<plugin>/<name>``.
 
         Called on rank 0 a few times per fit (``HookSession.draw``), since a figure takes about 0.1 s to draw.
         """

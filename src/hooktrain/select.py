@@ -1,6 +1,8 @@
 """Module selection: which modules of a model a plugin hooks, from name globs and type names."""
 
+from collections.abc import Mapping
 from fnmatch import fnmatchcase
+from typing import Any
 
 from torch import nn
 
@@ -72,6 +74,12 @@ def select_modules(
     if not selected:
         raise HooktrainError(f"`{field}`: no module matches both targets {targets} and types {types}")
     return selected
+
+
+def select_from(model: nn.Module, entry: Mapping[str, Any], field: str) -> list[tuple[str, nn.Module]]:
+    """:func:`select_modules` with a config entry's ``targets`` and ``types``, each a list or one string (init rules, parameter groups)."""
+    targets, types = ([value] if isinstance(value, str) else list(value or []) for value in (entry.get("targets"), entry.get("types")))
+    return select_modules(model, targets, types, field)
 
 
 def _is_instance_by_name(module: nn.Module, type_name: str) -> bool:

@@ -304,7 +304,7 @@ class HookSession:
 
     def finish_phase(self, write: bool = True) -> dict[str, float]:
         """The evaluation phase is over: each plugin's ``end_phase``, then its statistics (over all its batches) are
-        written once; buffers stay as they are. Returns the scalars written, ``<plugin>/<phase>/<stat>/<module>``."""
+        written once; buffers stay as they are. Returns the scalars written, ``watch/<plugin>/<phase>/<stat>/<module>``."""
         active = [plugin for plugin in self.plugins if plugin.name in self._active]
         self._activate(set())
         scalars = self._flush(active, train=False) if active and write else {}

@@ -7,6 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from hooktrain.errors import NonFiniteError
@@ -38,7 +39,7 @@ class ClassifierTask(pl.LightningModule):
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.param_groups = param_groups
+        self.param_groups = OmegaConf.to_container(param_groups, resolve=True) if OmegaConf.is_config(param_groups) else list(param_groups)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)

@@ -28,7 +28,8 @@ _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
 
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (gzip or plain) as an array: 2 zero bytes, a type byte, the number of dimensions, then big-endian sizes."""
-    data = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
+        data = file.read()
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _DTYPES:
         raise HooktrainError(f"{path} is not an IDX file (it must start with two zero bytes and a type byte); download it again")
     ndim = data[3]
