@@ -77,6 +77,7 @@ CASES = [
     ("experiment=nosuch", r"`experiment=nosuch`: there is no experiment 'nosuch'; choose one of chimera_watched, lenet_pruned"),
     ("debug=nosuch", r"`debug=nosuch`: there is no debug 'nosuch'; choose one of fast_dev_run, overfit, profiler"),
     ("optimized_metric=val/acc", r"`optimized_metric` must be one of test/acc, test/loss, val/acc_best \(or null\), got 'val/acc'"),
+    ("model._target_=hooktrain.models.MLP", r"`model.in_channels` is not an argument of hooktrain.models.MLP; .* start from an empty one with `'~model' \+model._target_=hooktrain.models.MLP`"),
     ("model=chimera model.fixed.steps=[linear,mix,act,lin]", r"`model.fixed.steps` must name modules of this chain \(linear, mix, act\)"),
     ("init=[{weight:xavier}]", r"`init\[0\].weight`: there is no scheme 'xavier'; choose one of xavier_uniform, "),
     ("init=[{types:[Linear],weight:normal,args:{sd:1}}]", r"`init\[0\].args.sd` is not an argument of nn.init.normal_; it takes mean, std"),

@@ -69,6 +69,25 @@ def test_fast_dev_run_runs_one_batch_of_each_split_and_writes_no_checkpoint(make
     assert set(metrics) == {"test/acc", "test/loss"} and not (tmp_path / "checkpoints").exists()
 
 
+def test_overfit_learns_two_batches_by_heart(make_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(make_cfg("debug=overfit", "trainer.limit_test_batches=2", fast=False))  # LeNet, as `python train.py debug=overfit`
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    accuracy = [event.value for event in events.Scalars("train/acc")]
+    assert accuracy[-10:] == [1.0] * 10  # the same 2 batches each epoch, not 2 shuffled ones
+
+
+def test_the_profiler_reports_each_hooks_time_after_the_run(make_cfg, caplog):
+    import logging
+
+    one_epoch = [override for override in FAST if not override.startswith("trainer.max_epochs")]  # as debug=profiler sets it
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        train(make_cfg("debug=profiler", *one_epoch, fast=False))
+    assert "FIT Profiler Report" in caplog.text and "run_training_batch" in caplog.text
+
+
 @pytest.mark.slow
 def test_an_optuna_sweep_of_two_trials_reports_the_best_validation_accuracy(tmp_path):
     result = run_cli("train.py", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *FAST, f"hydra.sweep.dir={tmp_path}", timeout=600)

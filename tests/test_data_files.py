@@ -40,6 +40,57 @@ def test_idx_data_without_files_names_them_and_the_download_switch(tmp_path):
         IDXDataModule(str(tmp_path), name="mnist").setup()
 
 
+@pytest.fixture
+def idx_server(tmp_path):
+    """The four IDX files served over HTTP on this machine, as a data set's mirror serves them: its URL."""
+    import functools
+    import http.server
+    import threading
+
+    class Mirror(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/cut/"):  # a transfer that stops a tenth of the way, as a dropped connection does
+                self.send_response(200)
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                self.wfile.write(bytes(100))
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    served = write_idx_dataset(tmp_path / "mirror", train=30, test=10)
+    handler = functools.partial(Mirror, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_idx_data_downloads_missing_files_and_only_those(tmp_path, idx_server):
+    data_dir = tmp_path / "mnist"
+    write_idx_dataset(data_dir, train=30, test=10)
+    (data_dir / "t10k-images-idx3-ubyte.gz").unlink()
+    kept = (data_dir / "train-images-idx3-ubyte.gz").stat().st_mtime_ns
+    data = IDXDataModule(str(data_dir), name="mnist", download=True, mirror=idx_server)
+    data.prepare_data()
+    assert (data_dir / "t10k-images-idx3-ubyte.gz").read_bytes() == (tmp_path / "mirror" / "t10k-images-idx3-ubyte.gz").read_bytes()
+    assert (data_dir / "train-images-idx3-ubyte.gz").stat().st_mtime_ns == kept and not list(data_dir.glob("*.part"))
+    data.setup()
+    assert len(data.splits["test"]) == 10
+
+
+@pytest.mark.parametrize("folder,problem", [("nothing-here/", "HTTP Error 404"), ("cut/", "retrieval incomplete: got only 100 out of 1000 bytes")])
+def test_a_failed_download_says_why_and_leaves_no_partial_file(tmp_path, idx_server, folder, problem):
+    data = IDXDataModule(str(tmp_path / "mnist"), name="mnist", download=True, mirror=idx_server + folder)
+    with pytest.raises(HooktrainError, match=rf"`data.download`: cannot fetch http://127.0.0.1:\d+/{folder}train-images-idx3-ubyte.gz "
+                                             rf"\({problem}.*without a network, copy the IDX files into"):
+        data.prepare_data()
+    assert not list((tmp_path / "mnist").iterdir())  # a later run does not read half a file
+
+
 @pytest.mark.slow
 def test_lenet_trains_on_fashion_mnist_idx_files(make_cfg, tmp_path):
     folder = write_idx_dataset(tmp_path / "fashion", train=200, test=50)

@@ -1,6 +1,5 @@
 """The main job end to end: the real config, a few steps, real event files, checkpoints and model.pt."""
 
-import importlib
 import inspect
 from pathlib import Path
 
@@ -225,19 +224,46 @@ def test_all_plugins_together_log_checkpoint_and_export(make_cfg, tmp_path):
     assert logged[-1].value == pytest.approx(metrics["test/acc"])  # what train() returns is what TensorBoard shows
 
 
-def test_an_inplace_op_after_a_full_backward_hook_is_explained(make_cfg, monkeypatch):
-    run_module = importlib.import_module("hooktrain.run")  # the module; `hooktrain.run` is the function
-    original = run_module.build
+TUTORIAL_MODULE = """
+import torch.nn.functional as F
+from torch import nn
 
-    def build_with_inplace_relu(node, field, **kwargs):  # the same MLP with ReLU(inplace=True), as a user's model may be
-        built = original(node, field, **kwargs)
-        if field == "model":
-            built.act1.inplace = True
-        return built
 
-    monkeypatch.setattr(run_module, "build", build_with_inplace_relu)
-    cfg = make_cfg("model=mlp", "plugins=[module_timer]", "plugins.module_timer.every_n_steps=1", "plugins.module_timer.targets=[fc1]")
-    with pytest.raises(HooktrainError, match=r"a module's output is modified in place .* nn.ReLU\(inplace=True\)"):
+class HalvingMLP(nn.Module):
+    \"\"\"A user's own module, as the tutorials write them: it scales a layer's output in place.\"\"\"
+
+    def __init__(self, width: int = 32, num_classes: int = 10):
+        super().__init__()
+        self.hidden = nn.LazyLinear(width)
+        self.out = nn.Linear(width, num_classes)
+
+    def forward(self, X):
+        X = self.hidden(X.flatten(1))
+        X /= 2
+        return self.out(F.relu(X))
+"""
+
+
+@pytest.fixture
+def own_model(tmp_path, monkeypatch) -> list[str]:
+    """The README's own-model route: a module importable from the user's path, named by ``_target_`` on the command line."""
+    (tmp_path / "tutorial_models.py").write_text(TUTORIAL_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return ["~model", "+model._target_=tutorial_models.HalvingMLP", "+model.width=16"]
+
+
+def test_an_own_module_with_an_inplace_op_trains_with_the_gradient_plugins(make_cfg, own_model, tmp_path):
+    gradient_plugins = ["grad_logger", "grad_clip", "nan_guard"]  # output_grad: a tensor hook, which `X /= 2` does not break
+    settings = [f"plugins.{name}.every_n_steps=1" for name in gradient_plugins]
+    metrics = train(make_cfg(*own_model, f"plugins=[{','.join(gradient_plugins)}]", *settings, "plugins.grad_logger.targets=[hidden]"))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    norms = read_events(tmp_path / "tensorboard").Scalars("watch/grad_logger/grad_norm/hidden")
+    assert len(norms) == 4 and all(event.value > 0 for event in norms)  # each step's gradient at the halved output
+
+
+def test_an_inplace_op_after_a_full_backward_hook_is_explained(make_cfg, own_model):
+    cfg = make_cfg(*own_model, "plugins=[module_timer]", "plugins.module_timer.every_n_steps=1", "plugins.module_timer.targets=[hidden]")
+    with pytest.raises(HooktrainError, match=r"a module's output is modified in place .* make that operation out of place"):
         train(cfg)
 
 

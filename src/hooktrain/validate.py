@@ -36,7 +36,7 @@ def check_arguments(node: DictConfig, field: str) -> None:
             continue
         if key not in parameters and not open_ended:
             close = difflib.get_close_matches(key, parameters, n=1)
-            hint = f"; did you mean `{field}.{close[0]}`?" if close else f"; it takes: {', '.join(parameters)}"
+            hint = f"; did you mean `{field}.{close[0]}`?" if close else f"; it takes: {', '.join(parameters)}" + _replaced_target_hint(field, node, parameters)
             raise HooktrainError(f"`{field}.{key}` is not an argument of {node._target_}{hint}")
         try:
             value = node[key]
@@ -54,6 +54,18 @@ def check_arguments(node: DictConfig, field: str) -> None:
             adapter.validate_python(plain)
         except ValidationError as error:
             raise HooktrainError(f"`{field}.{key}`{_describe(error)}; got {plain!r}") from None
+
+
+def _replaced_target_hint(field: str, node: DictConfig, parameters: list[str]) -> str:
+    """Hydra keeps a group file's keys when ``_target_`` alone is overridden: a class of one's own starts from an empty node.
+
+    Said when several keys are foreign to the target, as they are after ``model._target_=mypackage.MyNet``.
+    """
+    foreign = [key for key in node if isinstance(key, str) and not key.startswith("_") and key not in parameters]
+    if "." in field or len(foreign) < 2:
+        return ""
+    return (f". A `_target_` set on the command line keeps the keys of the `{field}` config it replaces: start from an empty one "
+            f"with `'~{field}' +{field}._target_={node._target_}`, or write conf/{field}/<name>.yaml")
 
 
 def _signature(target: Any) -> tuple[list[str], dict[str, Any], bool]:

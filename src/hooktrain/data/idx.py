@@ -2,6 +2,7 @@
 
 import gzip
 import logging
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -48,12 +49,15 @@ class IDXDataModule(TensorDataModule):
             ``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz``.
         name: ``mnist`` or ``fashion_mnist``: where ``download`` fetches the files from.
         download: fetch missing files into ``data_dir`` (needs a network).
+        mirror: the URL ``download`` fetches the files under; empty: the data set's own (``MIRRORS``).
         image_size: side of the images the model takes (LeNet: 32); the files hold 28x28.
         num_classes: classes in the labels (10 for both).
         **kwargs: batch size, validation fraction (of the training images), seed and workers of :class:`TensorDataModule`.
     """
 
-    def __init__(self, data_dir: str, name: str = "mnist", download: bool = False, image_size: int = 28, num_classes: int = 10, **kwargs) -> None:
+    def __init__(
+        self, data_dir: str, name: str = "mnist", download: bool = False, mirror: str = "", image_size: int = 28, num_classes: int = 10, **kwargs
+    ) -> None:
         if name not in MIRRORS:
             raise HooktrainError(f"`data.name` must be one of {', '.join(MIRRORS)}, got {name!r}")
         if kwargs.get("test_fraction"):
@@ -62,6 +66,7 @@ class IDXDataModule(TensorDataModule):
         self.data_dir = Path(data_dir).expanduser()
         self.name = name
         self.download = download
+        self.mirror = (mirror or MIRRORS[name]).rstrip("/") + "/"
         self.image_size = check_positive_int("data.image_size", image_size)
         self.num_classes = check_positive_int("data.num_classes", num_classes)
 
@@ -73,19 +78,22 @@ class IDXDataModule(TensorDataModule):
         if not self.download:
             raise HooktrainError(
                 f"`data.data_dir`: {self.data_dir} lacks {', '.join(missing)}; put the {self.name} IDX files there "
-                f"(from {MIRRORS[self.name]}) or set data.download=true"
+                f"(from {self.mirror}) or set data.download=true"
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for name in missing:
-            url = MIRRORS[self.name] + name
+            url = self.mirror + name
             log.info("downloading %s", url)
+            partial = self.data_dir / f"{name}.part"
             try:
-                urllib.request.urlretrieve(url, self.data_dir / f"{name}.part")
+                urllib.request.urlretrieve(url, partial)
             except OSError as error:
+                partial.unlink(missing_ok=True)
+                detail = error if isinstance(error, urllib.error.HTTPError) else getattr(error, "reason", error)  # not "<urlopen error ...>"
                 raise HooktrainError(
-                    f"`data.download`: cannot fetch {url} ({error}); without a network, copy the IDX files into {self.data_dir}"
+                    f"`data.download`: cannot fetch {url} ({detail}); without a network, copy the IDX files into {self.data_dir}"
                 ) from None
-            (self.data_dir / f"{name}.part").rename(self.data_dir / name)
+            partial.rename(self.data_dir / name)
 
     def load(self) -> tuple[Tensor, Tensor]:
         return self._split("train")

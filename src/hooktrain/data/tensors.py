@@ -120,7 +120,10 @@ class TensorDataModule(pl.LightningDataModule):
         return self.splits["train"].tensors[0][:batch_size]
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        # Lightning stops shuffling for `overfit_batches` by replacing DataLoader.sampler, which does not
+        # draw this loader's order (its batch sampler's does): the same batches each epoch are asked for here.
+        overfitting = self.trainer is not None and self.trainer.overfit_batches > 0
+        return self._loader("train", shuffle=not overfitting)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
