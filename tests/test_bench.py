@@ -57,6 +57,8 @@ def test_a_tiny_benchmark_times_every_variant_and_writes_json_and_markdown(tmp_p
     assert variants == all_variants(ROOT / "conf")
     assert all(row["step_ms"] > 0 and len(row["run_means_ms"]) == 1 and len(row["other_load_cores"]) == 1 for row in report["rows"])
     assert [row["vs_raw"] for row in report["rows"]][0] == 1.0
+    end = {row["variant"]: row["fit_end_s"] for row in report["rows"]}
+    assert end["raw"] < 0.01 < end["fabric+logging"] and end["fabric"] < end["fabric+logging"]  # the pictures are drawn at the end
     assert not any("peak memory" in goal["goal"] for goal in report["goals"])  # no memory goal without --memory
     assert (tmp_path / "bench.md").read_text() in capsys.readouterr().out
 

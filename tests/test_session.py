@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+import hooktrain.session as session_module
 from hooktrain import HookCallback, HookPlugin, HookSession, HooktrainError, PluginHookError, Writer
 from hooktrain.data import SyntheticDataModule
 from hooktrain.models import MLP
@@ -489,21 +490,41 @@ class Levels(HookPlugin):
         ctx.record("_bookkeeping", output.mean())
 
 
-def run_levels(total_steps):
+class FakeClock:
+    """The session's drawing clock, moved by hand: ``seconds_per_step`` a step, ``draw_seconds`` a drawing."""
+
+    def __init__(self, seconds_per_step: float, draw_seconds: float = 0.0) -> None:
+        self.now, self.seconds_per_step, self.draw_seconds = 0.0, seconds_per_step, draw_seconds
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SlowLevels(Levels):
+    def draw(self, state):
+        self.clock.now += self.clock.draw_seconds
+        return {}
+
+
+def run_levels(monkeypatch, total_steps, clock):
+    monkeypatch.setattr(session_module, "_clock", clock)
     model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)  # fc1, head
     writer = RecordingWriter()
-    session = HookSession(model, [Levels(name="lv", targets=["fc1", "head"], every_n_steps=2)], writers=[writer]).setup()
+    plugin = SlowLevels(name="lv", targets=["fc1", "head"], every_n_steps=2)
+    plugin.clock = clock
+    session = HookSession(model, [plugin], writers=[writer]).setup()
     session.info.total_steps = total_steps
     for step in range(8):
         with session.step(step):
             model(torch.randn(2, 4)).sum().backward()
+        clock.now += clock.seconds_per_step
         session.draw()  # as an engine does at each epoch's end
     session.close()
     return session, writer
 
 
-def test_layer_pictures_keep_every_logged_step_in_buffers_and_are_drawn_a_few_times_a_fit():
-    session, writer = run_levels(total_steps=8)  # a quarter of the fit: 2 steps between drawings
+def test_layer_pictures_keep_every_logged_step_in_buffers_and_are_drawn_a_few_times_a_fit(monkeypatch):
+    session, writer = run_levels(monkeypatch, total_steps=8, clock=FakeClock(seconds_per_step=61))  # a quarter of the fit: 2 steps
     history = session.state.lv.by_layer
     assert history.steps[-4:].tolist() == [0, 2, 4, 6] and (history.steps[:-4] == -1).all()
     torch.testing.assert_close(history.level[:, -4:], torch.tensor([[1.0, 3, 5, 7], [10, 30, 50, 70]]))
@@ -511,8 +532,15 @@ def test_layer_pictures_keep_every_logged_step_in_buffers_and_are_drawn_a_few_ti
     image = writer.images["watch/lv/by_layer/level"]
     assert image.dim() == 3 and image.shape[0] == 3 and image.std() > 0.1  # a real picture, not a blank
     assert "watch/lv/level/fc1" in writer.scalars and not any("_bookkeeping" in tag for tag in writer.scalars)
-    _, long_fit = run_levels(total_steps=1000)
+    _, long_fit = run_levels(monkeypatch, total_steps=1000, clock=FakeClock(seconds_per_step=61))
     assert long_fit.image_steps == [("watch/lv/by_layer/level", 6)]  # none due during the fit: the last picture at close
+
+
+def test_drawing_waits_a_minute_and_fifty_times_its_own_time_so_it_stays_a_small_share_of_a_fit(monkeypatch):
+    _, quick = run_levels(monkeypatch, total_steps=8, clock=FakeClock(seconds_per_step=1))
+    assert quick.image_steps == [("watch/lv/by_layer/level", 6)]  # a fit of 8 seconds: one drawing, at its end
+    _, slow_drawing = run_levels(monkeypatch, total_steps=8, clock=FakeClock(seconds_per_step=61, draw_seconds=5))
+    assert slow_drawing.image_steps == [("watch/lv/by_layer/level", 2), ("watch/lv/by_layer/level", 6)]  # the next waits 250 s
 
 
 class Sleeper(HookPlugin):

@@ -149,9 +149,10 @@ def logging_plugins(config_dir: Path) -> list[str]:
 
 def time_variant(
     config_dir: Path, model: str, variant: str, warmup: int, steps: int, overrides: tuple[str, ...] = ()
-) -> tuple[list[float], float]:
-    """Seconds of each of the last ``steps`` optimizer steps of ``warmup + steps`` (batch to batch), and the cores
-    other processes kept busy meanwhile (on average)."""
+) -> tuple[list[float], float, float]:
+    """Seconds of each of the last ``steps`` optimizer steps of ``warmup + steps`` (batch to batch), the cores
+    other processes kept busy meanwhile (on average), and the seconds from the last step to the fit's return (the
+    fit's end: a last epoch's work, the final pictures, the loggers' flush)."""
     total = warmup + steps + 1
     stamps: list[float] = []
     with tempfile.TemporaryDirectory() as out_dir:
@@ -161,7 +162,8 @@ def time_variant(
                 _run_raw_loop(cfg, total, stamps)
             else:
                 _run_trainer(cfg, variant, stamps)
-    return [b - a for a, b in zip(stamps[warmup:-1], stamps[warmup + 1 :])], load.cores
+            ended = time.perf_counter()
+    return [b - a for a, b in zip(stamps[warmup:-1], stamps[warmup + 1 :])], load.cores, ended - stamps[-1]
 
 
 class OtherLoad:
@@ -322,17 +324,19 @@ def main(argv: list[str] | None = None) -> None:
 
     times: dict[tuple[str, str], list[list[float]]] = {(m, v): [] for m in args.models for v in variants}
     loads: dict[tuple[str, str], list[float]] = {(m, v): [] for m in args.models for v in variants}
+    ends: dict[tuple[str, str], list[float]] = {(m, v): [] for m in args.models for v in variants}
     for repeat in range(args.repeats):
         order = variants[repeat % len(variants):] + variants[: repeat % len(variants)]
         for model in args.models:
             for variant in order:
                 gc.collect()
-                steps, other = time_variant(args.config_dir, model, variant, args.warmup, args.steps, overrides)
+                steps, other, end = time_variant(args.config_dir, model, variant, args.warmup, args.steps, overrides)
                 times[(model, variant)].append(steps)
                 loads[(model, variant)].append(round(other, 3))
+                ends[(model, variant)].append(end)
         print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
 
-    rows = [row_of(model, variant, times, loads) for model in args.models for variant in variants]
+    rows = [row_of(model, variant, times, loads) | {"fit_end_s": round(min(ends[(model, variant)]), 4)} for model in args.models for variant in variants]
     if args.memory:
         for row in rows:
             if row["variant"] in ("hooktrain", "hooktrain+logging", "hooktrain+all"):
@@ -441,17 +445,18 @@ def to_markdown(report: dict) -> str:
         "",
         "Step time: the mean step time of the variant's least disturbed run (logging steps keep their share). "
         "Ratios in brackets: the ratio within each repeat, min-max. Calls and ops: per step, counted over steps 50-100 "
-        "(one logging step in 50, as in training). hooktrain = the Trainer engine, fabric = `trainer=fabric`.",
+        "(one logging step in 50, as in training). Fit's end: from the last step to the fit's return, least of the runs "
+        "(a last epoch's work, the pictures drawn at the end, the loggers' flush). hooktrain = the Trainer engine, fabric = `trainer=fabric`.",
         "",
-        "| model | variant | step (ms) | samples/s | throughput vs raw loop | step time vs same engine, no plugins | other load (cores, max) | Python calls / step | PyTorch ops / step | peak memory (MB) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | variant | step (ms) | samples/s | throughput vs raw loop | step time vs same engine, no plugins | fit's end (s) | other load (cores, max) | Python calls / step | PyTorch ops / step | peak memory (MB) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in report["rows"]:
         peak = f"{row['peak_mb']:.1f}" if "peak_mb" in row else ""
         vs_engine = f"{row['vs_engine']:.3f} [{row['vs_engine_spread'][0]:.2f}-{row['vs_engine_spread'][1]:.2f}]" if "vs_engine" in row else ""
         lines.append(
             f"| {row['model']} | {row['variant']} | {row['step_ms']:.3f} | {row['samples_per_s']:.0f} | "
-            f"{row['vs_raw']:.3f}x [{row['vs_raw_spread'][0]:.2f}-{row['vs_raw_spread'][1]:.2f}] | {vs_engine} | "
+            f"{row['vs_raw']:.3f}x [{row['vs_raw_spread'][0]:.2f}-{row['vs_raw_spread'][1]:.2f}] | {vs_engine} | {row.get('fit_end_s', float('nan')):.2f} | "
             f"{max(row['other_load_cores']):.2f} | {row.get('python_calls', float('nan')):.0f} | {row.get('torch_ops', float('nan')):.0f} | {peak} |"
         )
     lines += ["", "| model | goal | measured [repeats] | bound | holds |", "| --- | --- | ---: | --- | --- |"]

@@ -31,6 +31,9 @@ _STEP_METHODS = ("before_optimizer_step", "after_optimizer_step")
 _UNCOMPILABLE = ("backward_pre", "backward")  # full backward hooks: torch.compile then runs the whole model eagerly
 PICTURE_COLUMNS = 100  # logging steps a layer picture shows (the last ones)
 DRAWS_PER_FIT = 4  # a picture holds every logging step so far: a few drawings a fit tell the story, and each costs ~0.1 s
+DRAW_INTERVAL_S = 60.0  # and at least this long apart, and DRAW_SHARE: a fit of a minute draws once, at its end
+DRAW_SHARE = 0.02  # the most of a fit's time that drawing takes before its end (the next waits 50x the last one's time)
+_clock = time.monotonic  # the drawings' clock (a test's fake one in its place)
 TAG_ROOT = "watch"  # every plugin tag starts here: TensorBoard orders groups by name, so train/, val/ and test/ come first
 
 
@@ -185,6 +188,8 @@ class HookSession:
         self._plugin_seconds: dict[str, float] = {}  # each plugin's host time since its last logging step
         self._logged_step: int | None = None  # the last training step written, and the one the last drawing showed
         self._drawn_step: int | None = None
+        self._drawn_at = _clock()  # when the last drawing ended (the session's start before any), and what it took
+        self._draw_seconds = 0.0
         for plugin in self.plugins:
             plugin.info = self.info
 
@@ -330,8 +335,9 @@ class HookSession:
         """Draws every plugin's pictures into the writers (rank 0): its ``layer_pictures`` and what its ``draw`` returns.
 
         A picture shows every logging step so far, so engines call this at each training epoch's end and it draws
-        when ``1 / DRAWS_PER_FIT`` of the fit's steps (``info.total_steps``; unknown: every call) passed since its
-        last drawing, or when ``final`` (``close``); only if a training step was written since, and a writer shows images.
+        when ``1 / DRAWS_PER_FIT`` of the fit's steps (``info.total_steps``; unknown: every call) and ``DRAW_INTERVAL_S``
+        passed since its last drawing, and 50 times (``1 / DRAW_SHARE``) what that drawing took, or when ``final``
+        (``close``); only if a training step was written since, and a writer shows images.
         """
         if self._logged_step is None or self._logged_step == self._drawn_step or not _is_writer():
             return
@@ -340,6 +346,9 @@ class HookSession:
         every = self.info.total_steps / DRAWS_PER_FIT
         if not final and math.isfinite(every) and self.info.step < (self._drawn_step or 0) + every:
             return
+        if not final and _clock() - self._drawn_at < max(DRAW_INTERVAL_S, self._draw_seconds / DRAW_SHARE):
+            return
+        started = _clock()
         images = []
         for plugin in self.plugins:
             state = self.state[plugin.name]
@@ -354,6 +363,8 @@ class HookSession:
             for tag, image in images:
                 writer.write_image(tag, image, self._logged_step)
         self._drawn_step = self._logged_step
+        self._drawn_at = _clock()
+        self._draw_seconds = self._drawn_at - started
 
     # The exported model.
 
