@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from hooktrain.errors import HooktrainError, check_in_range, check_positive_int
 from hooktrain.figures import distribution_picture
 from hooktrain.plugin import HookContext, HookPlugin
-from hooktrain.stats import append_column_, ema_update_
+from hooktrain.stats import append_column_, count_indices, ema_update_
 
 # Modules whose output is an activation in the usual sense: the default selection.
 NONLINEARITIES = (
@@ -113,9 +113,10 @@ class ActivationLogger(HookPlugin):
         values = {"mean": mean, "std": std, "min": low, "max": high}
         wanted = self._stats[ctx.index]
         if "zero_fraction" in wanted:
-            units = x.transpose(0, 1).flatten(1) if x.dim() > 1 else x.unsqueeze(0)  # (units, everything else)
+            # Units along dim 1; ReLU outputs are >= 0, so a unit is alive where its largest value is > 0 (one pass, no copy).
+            largest = x.amax(dim=[dim for dim in range(x.dim()) if dim != 1]) if x.dim() > 1 else x.amax().unsqueeze(0)
             values["zero_fraction"] = 1 - torch.count_nonzero(x) / x.numel()
-            values["dead_fraction"] = 1 - units.any(dim=1).float().mean()
+            values["dead_fraction"] = (largest <= 0).float().mean()
         if "saturated_fraction" in wanted:
             bottom, top = self._bounds[ctx.index]
             margin = self.saturation * (top - bottom)
@@ -163,9 +164,10 @@ class ActivationLogger(HookPlugin):
         saved = ctx.state.picture_range[ctx.index]
         pad = MARGIN * (high - low).clamp_min(1e-6)
         bounds = torch.where(torch.isnan(saved), torch.stack([low - pad, high + pad]), saved)
-        position = (x.flatten() - bounds[0]) * (self.bins / (bounds[1] - bounds[0]))
-        index = position.floor().clamp_(-1, self.bins).long() + 1  # 0: below, bins + 1: above
-        return torch.zeros(self.bins + 2, device=x.device).scatter_add_(0, index, torch.ones_like(position))
+        width = (bounds[1] - bounds[0]) / self.bins
+        # Shifted a bucket down, so truncation is the floor: 0 below the range, bins + 1 above it; four passes over x.
+        index = x.flatten().sub(bounds[0] - width).div_(width).clamp_(0, self.bins + 1).long()
+        return count_indices(index, self.bins + 2)
 
     def _widen(self, state: nn.Module, low: Tensor, high: Tensor) -> None:
         """Widens each module's picture range to hold this step's values; moves the stored columns to the new buckets."""

@@ -52,7 +52,7 @@ class GradLogger(HookPlugin):
     def before_optimizer_step(self, ctx: HookContext, module: nn.Module) -> None:
         grads = [param.grad for param in module.parameters() if param.grad is not None]
         if grads:
-            norms = torch.stack([torch.linalg.vector_norm(grad) for grad in grads])
+            norms = torch.stack(torch._foreach_norm(grads))  # one call for all of the layer's parameters
             ctx.record("param_grad_norm", torch.linalg.vector_norm(norms))
             if self.histograms and self.writes_now(ctx):
                 ctx.record_histogram("param_grad", torch.cat([grad.flatten() for grad in grads]))

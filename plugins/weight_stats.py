@@ -41,7 +41,7 @@ class WeightStats(HookPlugin):
         state.register_buffer("ema_update_ratio", torch.full((len(modules),), float("nan")))
 
     def before_optimizer_step(self, ctx: HookContext, module: nn.Module) -> None:
-        self._before[ctx.index] = flat_parameters(module).clone()
+        self._before[ctx.index] = flat_parameters(module)  # torch.cat copies: the weights before the step
 
     def after_optimizer_step(self, ctx: HookContext, module: nn.Module) -> None:
         before = self._before.pop(ctx.index, None)

@@ -286,6 +286,22 @@ def test_a_shared_module_is_handled_per_call_and_combined_as_each_statistic_says
     assert "first (also again)  x2  every: forward" in session.hook_map()
 
 
+@pytest.mark.parametrize("shape", [(5000,), (64, 6, 28, 28), (7,)])
+def test_a_histogram_summary_is_numpys_histogram_over_the_values_range(shape):
+    import numpy as np
+
+    from hooktrain.stats import histogram_summary
+
+    torch.manual_seed(0)
+    values = torch.randn(shape) * 2 + 1
+    summary = histogram_summary(values)
+    counts, _ = np.histogram(values.numpy(), bins=64, range=(values.min().item(), values.max().item()))
+    assert summary[5:].tolist() == counts.tolist()  # the maximum in the last bucket, as NumPy counts it
+    torch.testing.assert_close(summary[:5], torch.stack([values.min(), values.max(), torch.tensor(float(values.numel())),
+                                                         values.sum(), values.square().sum()]))
+    assert histogram_summary(torch.full((3, 3), 2.5))[5:].tolist() == [9.0] + [0.0] * 63  # all equal: one bucket
+
+
 def test_merged_histogram_buckets_stay_within_a_bucket_width_of_the_exact_one():
     from hooktrain.stats import histogram_summary, merge_histograms
 

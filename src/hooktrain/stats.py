@@ -17,17 +17,18 @@ AllReduce = Callable[[Tensor, str], Tensor]
 def histogram_summary(values: Tensor, bins: int = HISTOGRAM_BINS) -> Tensor:
     """``[min, max, count, sum, sum of squares, counts of bins equal-width buckets]`` as one tensor.
 
-    Computed on the values' device without a host sync (no ``histc`` range lookup, no ``bincount``
-    size), so a hook can summarize a large gradient and drop it. TensorBoard's own
-    ``add_histogram`` would copy the values and run NumPy, whose threads then compete with
-    torch's on small machines.
+    Computed on the values' device without a host sync (no ``histc`` range lookup), so a hook can
+    summarize a large gradient and drop it. TensorBoard's own ``add_histogram`` would copy the values
+    and run NumPy, whose threads then compete with torch's on small machines. About 15 small ops:
+    on the CPU each costs more than the arithmetic of a small layer, so none is spent twice.
     """
-    flat = values.flatten().float()
-    low, high = flat.min(), flat.max()
-    counts = bucket_counts(flat, low, _upper(low, high), bins)
+    flat = values.detach().flatten().float()
+    low, high = torch.aminmax(flat)
+    scale = bins / (high - low).clamp_min(torch.finfo(torch.float32).tiny)  # all values equal: one bucket, no division by 0
+    index = (flat - low).mul_(scale).long().clamp_(0, bins - 1)
     count = torch.full((), float(flat.numel()), device=flat.device)  # a fill kernel, not a host-to-device copy
-    moments = torch.stack([low, high, count, flat.sum(), flat.square().sum()])
-    return torch.cat([moments, counts])
+    moments = torch.stack([low, high, count, flat.sum(), flat.dot(flat)])
+    return torch.cat([moments, count_indices(index, bins)])
 
 
 def merge_histograms(a: Tensor, b: Tensor) -> Tensor:
@@ -55,14 +56,15 @@ def _upper(low: Tensor, high: Tensor) -> Tensor:
     return low + (high - low).clamp_min(torch.finfo(torch.float32).tiny)
 
 
-def bucket_counts(values: Tensor, low: float | Tensor, high: float | Tensor, bins: int) -> Tensor:
-    """How many of ``values`` fall in each of ``bins`` equal buckets over ``[low, high]``; outliers go to the end buckets.
+def count_indices(index: Tensor, size: int) -> Tensor:
+    """How often each of ``0 .. size - 1`` occurs in ``index`` (which holds nothing else), as floats; no host sync.
 
-    ``scatter_add_`` into a fixed-size tensor, so no host sync (``bincount`` and ``histc`` need one).
+    On the CPU one ``bincount`` pass (2-4 times faster than a scatter for LeNet's first activation, 2026-11-23);
+    on an accelerator ``bincount`` would sync to size its output, so a ``scatter_add_`` into a fixed size.
     """
-    flat = values.detach().flatten().float()
-    index = ((flat - low) * (bins / (high - low))).long().clamp_(0, bins - 1)
-    return torch.zeros(bins, device=flat.device).scatter_add_(0, index, torch.ones_like(flat))
+    if index.device.type == "cpu":
+        return torch.bincount(index, minlength=size).float()
+    return torch.zeros(size, device=index.device).scatter_add_(0, index, torch.ones(index.shape, device=index.device))
 
 
 def absmax(values: Tensor) -> Tensor:
@@ -153,7 +155,7 @@ class StepStats:
         entry.add(index, value if value.dtype == torch.float32 else value.float())
 
     def add_histogram(self, stat: str, index: int, values: Tensor) -> None:
-        summary = histogram_summary(values.detach())
+        summary = histogram_summary(values)
         held = self.histograms.get((stat, index))
         self.histograms[(stat, index)] = summary if held is None else merge_histograms(held, summary)
 
