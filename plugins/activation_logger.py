@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from hooktrain.errors import HooktrainError, check_in_range, check_positive_int
 from hooktrain.figures import distribution_picture
 from hooktrain.plugin import HookContext, HookPlugin
-from hooktrain.stats import append_column_, count_indices, ema_update_
+from hooktrain.stats import append_column_, bucket_centres, bucket_index, count_indices, ema_update_
 
 # Modules whose output is an activation in the usual sense: the default selection.
 NONLINEARITIES = (
@@ -188,7 +188,7 @@ def rebin(shares: Tensor, old: Tensor, new: Tensor) -> Tensor:
 
     Each bin's share goes to the new bin holding its centre: exact to a bin's width; a range that did not change keeps every bin.
     """
-    modules, bins, _ = shares.shape
-    centres = old[:, :1] + (old[:, 1:] - old[:, :1]) * (torch.arange(bins, device=shares.device) + 0.5) / bins  # (modules, bins)
-    index = ((centres - new[:, :1]) * (bins / (new[:, 1:] - new[:, :1]))).long().clamp_(0, bins - 1)
+    bins = shares.shape[1]
+    centres = bucket_centres(old[:, :1], old[:, 1:], bins)  # (modules, bins)
+    index = bucket_index(centres, new[:, :1], new[:, 1:], bins)
     return torch.zeros_like(shares).scatter_add_(1, index.unsqueeze(2).expand_as(shares), shares)

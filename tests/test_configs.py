@@ -10,6 +10,7 @@ from conftest import FAST, ROOT, run_cli
 from data_files import write_idx_dataset, write_image_folder, write_tensor_file
 from hooktrain import train
 from hooktrain.run import build_run
+from test_train import read_events
 
 CONF = ROOT / "conf"
 BUILT = ["model", "data", "task", "callbacks", "logger", "experiment", "debug", "hparams_search"]  # trainer=gpu needs a GPU to build
@@ -70,12 +71,8 @@ def test_fast_dev_run_runs_one_batch_of_each_split_and_writes_no_checkpoint(make
 
 
 def test_overfit_learns_two_batches_by_heart(make_cfg, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     train(make_cfg("debug=overfit", "trainer.limit_test_batches=2", fast=False))  # LeNet, as `python train.py debug=overfit`
-    events = EventAccumulator(str(tmp_path / "tensorboard"))
-    events.Reload()
-    accuracy = [event.value for event in events.Scalars("train/acc")]
+    accuracy = [event.value for event in read_events(tmp_path / "tensorboard").Scalars("train/acc")]
     assert accuracy[-10:] == [1.0] * 10  # the same 2 batches each epoch, not 2 shuffled ones
 
 
@@ -92,13 +89,7 @@ def test_the_profiler_reports_each_hooks_time_after_the_run(make_cfg, caplog):
 def test_an_optuna_sweep_of_two_trials_reports_the_best_validation_accuracy(tmp_path):
     result = run_cli("train.py", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *FAST, f"hydra.sweep.dir={tmp_path}", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    best = []
-    for trial in ("0", "1"):
-        events = EventAccumulator(str(tmp_path / trial / "tensorboard"))
-        events.Reload()
-        best.append(events.Scalars("val/acc_best")[-1].value)
+    best = [read_events(tmp_path / trial / "tensorboard").Scalars("val/acc_best")[-1].value for trial in ("0", "1")]
     results = OmegaConf.load(tmp_path / "optimization_results.yaml")
     assert results.best_value == pytest.approx(max(best))
     assert set(results.best_params) == {"task.optimizer.lr", "task.optimizer.weight_decay", "data.batch_size"}

@@ -54,12 +54,10 @@ def test_a_parameter_goes_to_the_first_group_that_selects_it():
 
 @pytest.mark.parametrize("engine", ["cpu", "fabric"])
 def test_each_parameter_groups_learning_rate_is_charted_as_lightning_names_it(make_cfg, tmp_path, engine):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     from hooktrain import train
+    from test_train import read_events
 
     train(make_cfg(f"trainer={engine}", "task.param_groups=[{targets:[features.*],lr:0.0002}]"))
-    events = EventAccumulator(str(tmp_path / "tensorboard"))
-    events.Reload()
+    events = read_events(tmp_path / "tensorboard")
     rates = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("lr-")}
     assert rates.keys() == {"lr-Adam/pg1", "lr-Adam/pg2"} and rates["lr-Adam/pg2"] == pytest.approx(rates["lr-Adam/pg1"] / 10)

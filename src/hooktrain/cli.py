@@ -15,7 +15,7 @@ from hydra.errors import ConfigCompositionException, HydraException, MissingConf
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from hooktrain.registry import check_plugin_overrides
+from hooktrain.registry import check_plugin_overrides, group_options
 
 
 def check_command_line(args: list[str], config_dir: Path, config_name: str = "train") -> None:
@@ -59,8 +59,7 @@ def sentence(error: Exception, config_dir: Path, args: list[str] = (), config_na
     unloadable = re.search(r"Could not load '([\w/]+)/([^'/]+)'", text)
     if unloadable and (config_dir / unloadable.group(1)).is_dir():  # an unknown option inside a list, e.g. callbacks=[default,nosuch]
         group, option = unloadable.groups()
-        options = sorted(path.stem for path in (config_dir / group).glob("*.yaml"))
-        return f"there is no {group} {option!r}; choose among {', '.join(options)} (conf/{group}/)"
+        return f"there is no {group} {option!r}; choose among {', '.join(group_options(config_dir, group))} (conf/{group}/)"
     if isinstance(error, OverrideParseException):
         detail = " ".join(line for line in text.splitlines() if not line.startswith("See "))
         return f"cannot read this override: {detail}; the form is key=value, e.g. trainer.max_epochs=5 or plugins=[grad_logger]"

@@ -274,7 +274,8 @@ class HookPlugin:
     def draw(self, state: nn.Module) -> dict[str, Any]:
         """Pictures drawn from the buffers, ``{name: matplotlib Figure}``, logged as images ``watch/<plugin>/<name>``.
 
-        Called on rank 0 a few times per fit (``HookSession.draw``), since a figure takes about 0.1 s to draw.
+        Called on rank 0 when a fit ends and, in a long one, a few times during it (``HookSession.draw``): a figure takes
+        about 0.1 s to draw.
         """
         return {}
 

@@ -34,7 +34,12 @@ def plugin_names(config_dir: Path) -> list[str]:
     root = str(config_dir.resolve().parent)
     if root not in sys.path:
         sys.path.insert(0, root)
-    return sorted(path.stem for path in (config_dir / "plugins").glob("*.yaml"))
+    return group_options(config_dir, "plugins")
+
+
+def group_options(config_dir: Path, group: str) -> list[str]:
+    """The options ``<group>=...`` accepts, sorted: one per ``<config_dir>/<group>/<name>.yaml``."""
+    return sorted(path.stem for path in (config_dir / group).glob("*.yaml"))
 
 
 def check_plugin_overrides(args: list[str], config_dir: Path) -> None:

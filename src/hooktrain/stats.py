@@ -24,11 +24,9 @@ def histogram_summary(values: Tensor, bins: int = HISTOGRAM_BINS) -> Tensor:
     """
     flat = values.detach().flatten().float()
     low, high = torch.aminmax(flat)
-    scale = bins / (high - low).clamp_min(torch.finfo(torch.float32).tiny)  # all values equal: one bucket, no division by 0
-    index = (flat - low).mul_(scale).long().clamp_(0, bins - 1)
     count = torch.full((), float(flat.numel()), device=flat.device)  # a fill kernel, not a host-to-device copy
     moments = torch.stack([low, high, count, flat.sum(), flat.dot(flat)])
-    return torch.cat([moments, count_indices(index, bins)])
+    return torch.cat([moments, count_indices(bucket_index(flat, low, high, bins), bins)])
 
 
 def merge_histograms(a: Tensor, b: Tensor) -> Tensor:
@@ -39,16 +37,22 @@ def merge_histograms(a: Tensor, b: Tensor) -> Tensor:
     """
     low, high = torch.minimum(a[0], b[0]), torch.maximum(a[1], b[1])
     bins = len(a) - 5
-    centres = torch.cat([_centres(a, bins), _centres(b, bins)])
+    centres = torch.cat([bucket_centres(summary[0], _upper(summary[0], summary[1]), bins) for summary in (a, b)])
     weights = torch.cat([a[5:], b[5:]])
-    index = ((centres - low) * (bins / (_upper(low, high) - low))).long().clamp_(0, bins - 1)
-    counts = torch.zeros(bins, device=a.device).scatter_add_(0, index, weights)
+    counts = torch.zeros(bins, device=a.device).scatter_add_(0, bucket_index(centres, low, high, bins), weights)
     return torch.cat([torch.stack([low, high]), a[2:5] + b[2:5], counts])
 
 
-def _centres(summary: Tensor, bins: int) -> Tensor:
-    low, high = summary[0], _upper(summary[0], summary[1])
-    return low + (high - low) * (torch.arange(bins, device=summary.device) + 0.5) / bins
+def bucket_index(values: Tensor, low: Tensor, high: Tensor, bins: int) -> Tensor:
+    """Each value's bucket among ``bins`` equal ones over ``[low, high]`` (broadcast against ``values``), values outside
+    in the end buckets and the maximum in the last; all values equal: one bucket, not a division by 0."""
+    scale = bins / (high - low).clamp_min(torch.finfo(torch.float32).tiny)
+    return (values - low).mul_(scale).long().clamp_(0, bins - 1)
+
+
+def bucket_centres(low: Tensor, high: Tensor, bins: int) -> Tensor:
+    """The centres of ``bins`` equal buckets over ``[low, high]``, along a new last dimension (``(m, 1)`` ranges: ``(m, bins)``)."""
+    return low + (high - low) * (torch.arange(bins, device=low.device) + 0.5) / bins
 
 
 def _upper(low: Tensor, high: Tensor) -> Tensor:
