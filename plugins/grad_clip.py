@@ -98,7 +98,7 @@ class GradClip(HookPlugin):
     def _clip_unscaled(self, ctx: HookContext, grad: Tensor) -> Tensor:
         pre = torch.linalg.vector_norm(grad)
         ctx.record("_pre_clip_norm", pre, reduce="max")
-        if self.mode == "norm":  # torch.nn.utils.clip_grad_norm_'s arithmetic: the norm after it is min(pre, max_norm)
-            return grad * (self.max_norm / (pre + 1e-6)).clamp(max=1.0)
+        if self.mode == "norm":  # torch.nn.utils.clip_grad_norm_'s factor, min(1, max_norm / (pre + 1e-6)), in four ops, not five
+            return grad / (pre + 1e-6).div_(self.max_norm).clamp_min_(1.0)
         ctx.record("_absmax", absmax(grad), reduce="max")
         return grad.clamp(-self.clip_value, self.clip_value)

@@ -1,24 +1,29 @@
 """nan_guard: stops training at the first module whose output or gradient is not finite, and names it."""
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from hooktrain.errors import NonFiniteError
 from hooktrain.plugin import HookContext, HookPlugin
-from hooktrain.stats import absmax
+
+
+EXTREMES = ("_output_min", "_output_max", "_grad_min", "_grad_max")
 
 
 class NanGuard(HookPlugin):
     """Stops training when a module's output or gradient holds NaN or inf, naming the first such module.
 
-    Hooks: a forward hook records, per module, the largest ``|output|``, and an ``output_grad``
-    hook (a tensor hook, far cheaper than a full backward hook) the largest ``|gradient|`` at the
-    output: one reduction each, on the device, no host sync; NaN and inf carry through it. The
-    host keeps the order in which modules ran. At the end of the step the values are checked in
-    one go and reach the host: on a CPU at once; on a GPU through a non-blocking copy read at a
-    later step once it has landed, so healthy steps never wait for the GPU. The first non-finite
+    Hooks: a forward hook records, per module, the smallest and largest output value, and an
+    ``output_grad`` hook (a tensor hook, far cheaper than a full backward hook) those of the gradient
+    at the output: one ``aminmax`` pass each, on the device, no host sync; NaN and inf carry through
+    it. The host keeps the order in which modules ran. At the end of the step the values of every
+    module reach the host in one go: on a CPU at once; on a GPU through a non-blocking copy read at
+    a later step once it has landed, so healthy steps never wait for the GPU. The first non-finite
     output in forward order is named; if all outputs were finite, the first non-finite gradient in
-    backward order (where the bad gradient entered). Logged: ``output_absmax`` and ``grad_absmax``.
+    backward order (where the bad gradient entered). Logged, on logging steps: ``output_absmax`` and
+    ``grad_absmax``, the largest ``|value|``.
     Under fp16 mixed precision only outputs are checked: there a GradScaler makes early steps
     overflow on purpose, then skips them and lowers its scale.
 
@@ -44,39 +49,54 @@ class NanGuard(HookPlugin):
     def forward(self, ctx: HookContext, module: nn.Module, args: tuple, output) -> None:
         if isinstance(output, Tensor) and output.numel():
             self._order["output"].append(ctx.index)
-            ctx.record("output_absmax", absmax(output))
+            self._record(ctx, "output", output.detach())
 
     def output_grad(self, ctx: HookContext, module: nn.Module, grad: Tensor) -> None:
         if self.info.active_scaler is not None:
             return  # fp16: overflowing scaled gradients are the GradScaler's business (it skips the step)
         if grad.numel():
             self._order["gradient"].append(ctx.index)
-            ctx.record("grad_absmax", absmax(grad))
+            self._record(ctx, "grad", grad)
+
+    def _record(self, ctx: HookContext, what: str, values: Tensor) -> None:
+        """The smallest and largest value from one pass (two ops fewer per call than ``absmax``); ``|value|``'s
+        largest only on logging steps."""
+        low, high = torch.aminmax(values)
+        ctx.record(f"_{what}_min", low, reduce="min")
+        ctx.record(f"_{what}_max", high, reduce="max")
+        if self.writes_now(ctx):
+            ctx.record(f"{what}_absmax", torch.maximum(high, low.neg()), reduce="max")
 
     def update(self, state: nn.Module, stats: dict[str, Tensor]) -> dict[str, Tensor]:
         state.checked_steps.add_(1)
         order, self._order = self._order, {"output": [], "gradient": []}
         if not stats:
             return {}
-        healthy = torch.zeros_like(next(iter(stats.values())))
-        flags = ~torch.isfinite(torch.stack([stats.get(key, healthy) for key in ("output_absmax", "grad_absmax")]))
+        if any(key not in stats for key in EXTREMES):  # a kind not recorded (fp16 gradients, no backward): healthy
+            healthy = torch.zeros_like(next(iter(stats.values())))
+            stats = {key: stats.get(key, healthy) for key in EXTREMES}
+        extremes = torch.stack([stats[key] for key in EXTREMES])
         event = None
-        if flags.is_cuda:  # copy without waiting; read once the copy has landed
-            host = torch.empty_like(flags, device="cpu", pin_memory=True)
-            host.copy_(flags, non_blocking=True)
+        if extremes.is_cuda:  # copy without waiting; read once the copy has landed
+            host = torch.empty_like(extremes, device="cpu", pin_memory=True)
+            host.copy_(extremes, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            flags = host
-        self._pending.append((flags, event, order, self.info.step))
+            extremes = host
+        self._pending.append((extremes, event, order, self.info.step))
         self._check()
         return {}
 
     def _check(self) -> None:
         while self._pending and (self._pending[0][1] is None or self._pending[0][1].query()):
-            flags, _, order, step = self._pending.pop(0)
-            bad = flags.tolist()
-            for row, (what, kind) in enumerate((("output", "output"), ("gradient at the output", "gradient"))):
-                first = next((index for index in order[kind] if bad[row][index]), None)
+            extremes, _, order, step = self._pending.pop(0)
+            low_output, high_output, low_grad, high_grad = extremes.tolist()
+            bad = {
+                "output": [not (math.isfinite(low) and math.isfinite(high)) for low, high in zip(low_output, high_output)],
+                "gradient": [not (math.isfinite(low) and math.isfinite(high)) for low, high in zip(low_grad, high_grad)],
+            }
+            for what, kind in (("output", "output"), ("gradient at the output", "gradient")):
+                first = next((index for index in order[kind] if bad[kind][index]), None)
                 if first is not None:
                     raise NonFiniteError(
                         f"nan_guard: at step {step}, the {what} of module {self._names[first]!r} is not finite (NaN or inf); "

@@ -63,6 +63,22 @@ def test_clip_by_value_at_the_output_clamps_elements():
     session.close()
 
 
+@pytest.mark.parametrize("settings", [{"max_norm": 0.05}, {"mode": "value", "clip_value": 0.02}])
+def test_clipping_under_a_grad_scaler_matches_fp32(settings):
+    grads = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**12)):
+        session, model = attached(GradClip(name="clip", **settings))
+        session.info.scaler = scaler
+        x, y = batch()
+        loss = F.cross_entropy(model(x), y)
+        (scaler.scale(loss) if scaler else loss).backward()
+        grads.append({key: param.grad / (scaler.get_scale() if scaler else 1.0) for key, param in model.named_parameters()})
+        assert session._stats["clip"].combined()["_pre_clip_norm"][-1] > 0.05  # the head's gradient was clipped
+        session.close()
+    for key, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][key], grad, msg=key)
+
+
 def test_clip_parameters_per_layer_and_count_in_buffers():
     plugin = GradClip(name="clip", targets=["fc1", "head"], max_norm=0.1, at="parameters")
     session, model = attached(plugin)

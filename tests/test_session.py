@@ -71,6 +71,21 @@ def test_hooks_are_attached_only_on_active_steps_and_removed_after_fit():
     assert hook_count(task.model) == 0
 
 
+def test_a_plugin_active_on_every_step_is_attached_once_and_silent_between_steps():
+    plugin = StepRecorder(name="rec", targets=["head"])
+    model = MLP(in_features=16, hidden_sizes=[8], num_classes=3)
+    handles = []
+    with HookSession(model, [plugin]) as session:
+        for step in range(3):
+            with session.step(step):
+                model(torch.randn(2, 16))
+                handles.append(tuple(model.head._forward_hooks))
+            model(torch.randn(2, 16))  # between steps (a callback's forward): the hooks stay, closed
+    assert len(handles) == 3 and len(set(handles)) == 1  # registered at step 0, kept: no detach and attach per step
+    assert plugin.calls == [(0, "head"), (1, "head"), (2, "head")]
+    assert hook_count(model) == 0
+
+
 def test_cadence_counts_optimizer_steps_under_gradient_accumulation():
     plugin = StepRecorder(name="rec", every_n_steps=2, targets=["head"])
     fit([plugin], steps=4, accumulate=3)

@@ -11,7 +11,7 @@ from hooktrain.models import MLP
 from plugins.module_timer import ModuleTimer
 from plugins.nan_guard import NanGuard
 from plugins.weight_stats import WeightStats
-from test_session import fit
+from test_session import RecordingWriter, fit
 
 
 class Snapshots(Callback):
@@ -86,6 +86,22 @@ def test_nan_guard_names_where_a_bad_gradient_entered():
 def test_nan_guard_leaves_overflowing_fp16_gradients_to_the_grad_scaler():
     # Under 16-mixed the first steps overflow by design: the GradScaler skips them and lowers its scale.
     infinite_gradient_step(scaler=torch.amp.GradScaler("cpu"))  # no error
+
+
+def test_nan_guard_logs_the_largest_magnitudes_on_logging_steps_and_catches_a_lone_minus_inf():
+    model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)
+    writer, x = RecordingWriter(), torch.randn(5, 4)
+    with HookSession(model, [NanGuard(name="nan_guard", log_every_n_steps=2)], writers=[writer]) as session:
+        for step in range(3):
+            with session.step(step):
+                model(x).sum().backward()
+        assert writer.scalars_at[0]["watch/nan_guard/output_absmax/fc1"] == pytest.approx(model.fc1(x).abs().max().item())
+        assert writer.scalars_at[0]["watch/nan_guard/grad_absmax/head"] == 1.0  # d sum / d output
+        assert 1 not in writer.scalars_at and "watch/nan_guard/output_absmax/fc1" in writer.scalars_at[2]
+        with torch.no_grad():
+            model.fc1.bias[0] = -float("inf")  # one column of -inf: the largest value stays finite
+        with pytest.raises(NonFiniteError, match=r"at step 3, the output of module 'fc1' is not finite"), session.step(3):
+            model(x).sum().backward()
 
 
 def test_nan_guard_is_silent_on_healthy_steps():

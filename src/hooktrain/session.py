@@ -128,10 +128,11 @@ class HookSession:
 
     Per plugin, on the training steps where it is active (``step % every_n_steps == 0``) and in the
     evaluation phases it is given, the overridden hook kinds are registered on its selected modules;
-    at other times no hook of it is attached. When an active step finishes, what the hooks recorded
-    is combined (over calls and processes), folded into the plugin's buffers (``state[name]``) and,
-    on logging steps, written by the process of rank 0 with one device-to-host copy for all plugins.
-    An evaluation phase is written once, when it finishes. Every handle goes on ``close``.
+    on its idle steps no hook of it is attached (an active step's hooks stay, closed, until the next
+    step starts, so a plugin active on every step is attached once). When an active step finishes,
+    what the hooks recorded is combined (over calls and processes), folded into the plugin's buffers
+    (``state[name]``) and, on logging steps, written by the process of rank 0 with one device-to-host
+    copy for all plugins. An evaluation phase is written once, when it finishes. Every handle goes on ``close``.
 
     A plain loop::
 
@@ -276,7 +277,7 @@ class HookSession:
         self.info.step, self.info.phase, self._step_open = step, "train", True
         self._step_started = time.perf_counter()
         due = {plugin.name for plugin in self.plugins if plugin.is_active(step, "train")}
-        if due or self._active:  # an idle step after an idle step: nothing recorded, nothing to attach or detach
+        if due or self._active or (self._handles and not self.compiled):  # an idle step after an idle step: nothing to do
             self._clear()
             self._activate(due)
 
@@ -295,7 +296,7 @@ class HookSession:
             return
         self._call_per_module("after_optimizer_step")
         active = [plugin for plugin in self.plugins if plugin.name in self._active]
-        self._activate(set())
+        self._close_gates()  # hooks stay until the next step: one active on every step is attached once, not per step
         self._flush(active, train=True)
 
     def start_phase(self, phase: str) -> None:
@@ -385,19 +386,23 @@ class HookSession:
     # Inside.
 
     def _activate(self, due: set[str]) -> None:
-        """Attaches (or opens) the plugins named in ``due``; detaches (or closes) the others."""
+        """Attaches and opens the plugins named in ``due``; closes the others, and detaches them unless compiled."""
         for plugin in self.plugins:
             active = plugin.name in due
             if active:
                 self._active.add(plugin.name)
+                self.attach(plugin)  # compiled: attached for good (again after close: dynamo then recompiles once)
             else:
                 self._active.discard(plugin.name)
-            if self.compiled:  # attached for good (again after close: dynamo then recompiles once), gated
-                if active and not self.is_attached(plugin):
-                    self.attach(plugin)
-                self._gates[plugin.name].open = active
-            elif active != self.is_attached(plugin):
-                self.attach(plugin) if active else self.detach(plugin)
+                if not self.compiled:
+                    self.detach(plugin)
+            self._gates[plugin.name].open = active
+
+    def _close_gates(self) -> None:
+        """The step is over: the active plugins' hooks stay attached but do nothing until ``_activate`` decides."""
+        for name in self._active:
+            self._gates[name].open = False
+        self._active.clear()
 
     def _clear(self) -> None:
         for stats in self._stats.values():
