@@ -1,0 +1,26 @@
+"""TensorBoard event files written with google-crc32c's checksums read back through TensorBoard's own checks."""
+
+import os
+
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
+from tensorboard.summary.writer import record_writer
+
+from hooktrain.writers import TensorBoardWriter, masked_crc32c
+from test_train import read_events
+
+
+def test_fast_checksums_equal_tensorboards_own():
+    for size in (0, 1, 7, 8, 1000, 2048):
+        data = os.urandom(size)
+        assert masked_crc32c(data) == tensorboard_masked_crc32c(data), size
+
+
+def test_a_writer_puts_fast_checksums_in_place_and_tensorboard_reads_its_events(tmp_path):
+    writer = TensorBoardWriter(tmp_path)
+    assert record_writer.masked_crc32c is masked_crc32c
+    writer.write_scalars({"watch/p/loss": 0.5}, step=3)
+    writer.write_histogram("watch/p/grad", [-1.0, 1.0, 4.0, 0.0, 2.0, 2.0, 0.0, 0.0, 2.0], step=3)
+    writer.flush()
+    events = read_events(tmp_path)  # TensorBoard's reader checks each record's checksums, in pure Python
+    assert [(event.step, event.value) for event in events.Scalars("watch/p/loss")] == [(3, 0.5)]
+    assert events.Histograms("watch/p/grad")[0].histogram_value.num == 4.0
