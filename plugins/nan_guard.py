@@ -9,14 +9,14 @@ from hooktrain.errors import NonFiniteError
 from hooktrain.plugin import HookContext, HookPlugin
 
 
-EXTREMES = ("_output_min", "_output_max", "_grad_min", "_grad_max")
+CHECKS = ("_output_check", "_grad_check")
 
 
 class NanGuard(HookPlugin):
     """Stops training when a module's output or gradient holds NaN or inf, naming the first such module.
 
-    Hooks: a forward hook records, per module, the smallest and largest output value, and an
-    ``output_grad`` hook (a tensor hook, far cheaper than a full backward hook) those of the gradient
+    Hooks: a forward hook records, per module, the sum of the smallest and largest output value, and
+    an ``output_grad`` hook (a tensor hook, far cheaper than a full backward hook) that of the gradient
     at the output: one ``aminmax`` pass each, on the device, no host sync; NaN and inf carry through
     it. The host keeps the order in which modules ran. At the end of the step the values of every
     module reach the host in one go: on a CPU at once; on a GPU through a non-blocking copy read at
@@ -59,11 +59,11 @@ class NanGuard(HookPlugin):
             self._record(ctx, "grad", grad)
 
     def _record(self, ctx: HookContext, what: str, values: Tensor) -> None:
-        """The smallest and largest value from one pass (two ops fewer per call than ``absmax``); ``|value|``'s
-        largest only on logging steps."""
+        """``min + max`` from one ``aminmax`` pass: not finite exactly when a value is not (short of two finite values
+        over 1.7e38), and summed over calls and processes, where NaN carries on (a max all-reduce may drop it).
+        ``|value|``'s largest only on logging steps."""
         low, high = torch.aminmax(values)
-        ctx.record(f"_{what}_min", low, reduce="min")
-        ctx.record(f"_{what}_max", high, reduce="max")
+        ctx.record(f"_{what}_check", low + high, reduce="sum")
         if self.writes_now(ctx):
             ctx.record(f"{what}_absmax", torch.maximum(high, low.neg()), reduce="max")
 
@@ -72,29 +72,25 @@ class NanGuard(HookPlugin):
         order, self._order = self._order, {"output": [], "gradient": []}
         if not stats:
             return {}
-        if any(key not in stats for key in EXTREMES):  # a kind not recorded (fp16 gradients, no backward): healthy
+        if any(key not in stats for key in CHECKS):  # a kind not recorded (fp16 gradients, no backward): healthy
             healthy = torch.zeros_like(next(iter(stats.values())))
-            stats = {key: stats.get(key, healthy) for key in EXTREMES}
-        extremes = torch.stack([stats[key] for key in EXTREMES])
+            stats = {key: stats.get(key, healthy) for key in CHECKS}
+        checks = torch.stack([stats[key] for key in CHECKS])
         event = None
-        if extremes.is_cuda:  # copy without waiting; read once the copy has landed
-            host = torch.empty_like(extremes, device="cpu", pin_memory=True)
-            host.copy_(extremes, non_blocking=True)
+        if checks.is_cuda:  # copy without waiting; read once the copy has landed
+            host = torch.empty_like(checks, device="cpu", pin_memory=True)
+            host.copy_(checks, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            extremes = host
-        self._pending.append((extremes, event, order, self.info.step))
+            checks = host
+        self._pending.append((checks, event, order, self.info.step))
         self._check()
         return {}
 
     def _check(self) -> None:
         while self._pending and (self._pending[0][1] is None or self._pending[0][1].query()):
-            extremes, _, order, step = self._pending.pop(0)
-            low_output, high_output, low_grad, high_grad = extremes.tolist()
-            bad = {
-                "output": [not (math.isfinite(low) and math.isfinite(high)) for low, high in zip(low_output, high_output)],
-                "gradient": [not (math.isfinite(low) and math.isfinite(high)) for low, high in zip(low_grad, high_grad)],
-            }
+            checks, _, order, step = self._pending.pop(0)
+            bad = {kind: [not math.isfinite(value) for value in row] for kind, row in zip(("output", "gradient"), checks.tolist())}
             for what, kind in (("output", "output"), ("gradient at the output", "gradient")):
                 first = next((index for index in order[kind] if bad[kind][index]), None)
                 if first is not None:

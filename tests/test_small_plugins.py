@@ -104,6 +104,18 @@ def test_nan_guard_logs_the_largest_magnitudes_on_logging_steps_and_catches_a_lo
             model(x).sum().backward()
 
 
+def test_nan_guard_hears_of_a_nan_in_another_process():
+    def other_rank_nan_last(tensor, op):  # another process whose last value is NaN; a max all-reduce drops NaN, as gloo's may
+        other = tensor.clone()
+        other[-1] = float("nan")
+        return tensor + other if op == "sum" else torch.fmax(tensor, other)
+
+    model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)
+    with pytest.raises(NonFiniteError, match=r"the gradient at the output of module 'head'"):
+        with HookSession(model, [NanGuard(name="nan_guard")], all_reduce=other_rank_nan_last) as session, session.step(0):
+            model(torch.randn(2, 4)).sum().backward()
+
+
 def test_nan_guard_is_silent_on_healthy_steps():
     task, _ = fit([NanGuard(name="nan_guard")], steps=4)
     assert task.plugin_state.nan_guard.checked_steps.item() == 4
