@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from hooktrain.errors import NonFiniteError
 from hooktrain.plugin import HookContext, HookPlugin
-
+from hooktrain.stats import largest_magnitude
 
 CHECKS = ("_output_check", "_grad_check")
 
@@ -65,7 +65,7 @@ class NanGuard(HookPlugin):
         low, high = torch.aminmax(values)
         ctx.record(f"_{what}_check", low + high, reduce="sum")
         if self.writes_now(ctx):
-            ctx.record(f"{what}_absmax", torch.maximum(high, low.neg()), reduce="max")
+            ctx.record(f"{what}_absmax", largest_magnitude(low, high), reduce="max")
 
     def update(self, state: nn.Module, stats: dict[str, Tensor]) -> dict[str, Tensor]:
         state.checked_steps.add_(1)
