@@ -5,6 +5,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -19,6 +20,13 @@ PLUGINS = training_plugins(ROOT / "conf")  # every plugin of conf/plugins that t
 def every_plugin(every_n_steps: int = 1, log_every_n_steps: int = 2) -> list[str]:
     """Overrides that run every discovered plugin at this cadence, with the settings each needs (``example_settings``)."""
     return plugin_selection(PLUGINS, ROOT / "conf", every_n_steps, log_every_n_steps)[2]
+
+# Runs on a CUDA device where one is (the device tool lends one to some sessions); CI has none.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+ON_CUDA = [  # the same test on a GPU, at full and at mixed precision
+    pytest.param(("trainer.accelerator=gpu", "trainer.precision=32-true"), marks=needs_cuda, id="cuda-32-true"),
+    pytest.param(("trainer.accelerator=gpu", "trainer.precision=bf16-mixed"), marks=needs_cuda, id="cuda-bf16-mixed"),
+]
 
 FAST = [
     "trainer.max_epochs=1",

@@ -13,12 +13,12 @@ from lightning.pytorch.callbacks import Callback
 from hooktrain import HookCallback
 from hooktrain.data import SyntheticDataModule
 from hooktrain.models import MLP
-from hooktrain.registry import training_plugins
 from hooktrain.run import build_run
+from hooktrain.session import HookSession
 from hooktrain.task import ClassifierTask
 from plugins.grad_logger import GradLogger
 
-from conftest import ROOT
+from conftest import ON_CUDA, every_plugin
 
 HOOKTRAIN_CODE = ("hooktrain/session.py", "hooktrain/writers.py", "hooktrain/engines/", "hooktrain/plugin.py", "hooktrain/stats.py", f"{Path('plugins')}/")
 
@@ -71,6 +71,12 @@ def test_no_host_copy_on_idle_steps_and_one_on_active_steps(monkeypatch, tmp_pat
     assert between_steps == counter.drawing and counter.drawing["cpu"] > 0  # only the pictures drawn when the fit ends
 
 
+def sync_debug(mode: str | int) -> None:
+    """``torch.cuda.set_sync_debug_mode``; nothing on a machine without CUDA, where the tests below still check their run."""
+    if torch.cuda.is_available():
+        torch.cuda.set_sync_debug_mode(mode)
+
+
 class SyncDebugOn(Callback):
     """First callback: from each idle step's batch start, any synchronizing CUDA call raises."""
 
@@ -79,34 +85,68 @@ class SyncDebugOn(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step % self.active_every != 0:
-            torch.cuda.set_sync_debug_mode("error")
+            sync_debug("error")
 
 
 class SyncDebugOff(Callback):
     """Last callback: the check ends with the step's batch end (after every other callback's)."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        torch.cuda.set_sync_debug_mode(0)
+        sync_debug(0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])  # 16-mixed: GradScaler itself reads found_inf every step
-def test_idle_steps_of_the_main_job_on_cuda_make_no_synchronizing_call(make_cfg, precision):
-    """The real config with every plugin: steps 1-3, 5-7, ... (all plugins idle but nan_guard and grad_clip,
-    which act on every step by default) run under ``set_sync_debug_mode("error")``."""
-    every, names = 4, training_plugins(ROOT / "conf")
-    cadence = [f"++plugins.{name}.{key}={every}" for name in names for key in ("every_n_steps", "log_every_n_steps")]
-    cfg = make_cfg(
-        "trainer=gpu", f"trainer.precision={precision}", f"trainer.log_every_n_steps={every}", "trainer.limit_train_batches=13",
-        f"plugins=[{','.join(names)}]", *cadence,
+def every_plugin_cadenced(make_cfg, every: int, *overrides: str):
+    """The real config, 13 training steps, with every plugin (and the settings each needs) active each ``every`` steps,
+    but nan_guard and grad_clip, which act on every step by default."""
+    return make_cfg(
+        *overrides, f"trainer.log_every_n_steps={every}", "trainer.limit_train_batches=13", *every_plugin(every, every),
         "++plugins.nan_guard.every_n_steps=1", "++plugins.grad_clip.every_n_steps=1",
     )
-    run = build_run(cfg)
+
+
+ON_CPU = pytest.param(("trainer.accelerator=cpu",), id="cpu")  # the same run, unchecked: CI keeps the test's set-up working
+
+
+@pytest.mark.parametrize("device", [ON_CPU, *ON_CUDA])  # 16-mixed: GradScaler itself reads found_inf every step
+def test_idle_steps_of_the_main_job_on_cuda_make_no_synchronizing_call(make_cfg, device):
+    """Steps 1-3, 5-7, ... (all plugins idle but nan_guard and grad_clip) run under ``set_sync_debug_mode("error")``,
+    from each batch's start to its end, Lightning's own per-step work included."""
+    every = 4
+    run = build_run(every_plugin_cadenced(make_cfg, every, *device))
     run.trainer.callbacks.insert(0, SyncDebugOn(every))
     run.trainer.callbacks.append(SyncDebugOff())
     try:
         run.trainer.fit(run.task, datamodule=run.datamodule)
     finally:
-        torch.cuda.set_sync_debug_mode(0)
+        sync_debug(0)
+    assert run.trainer.global_step == 13
+    assert run.task.plugin_state.nan_guard.checked_steps.item() == 13
+
+
+@pytest.mark.parametrize("device", [ON_CPU, *ON_CUDA])
+def test_idle_steps_of_the_fabric_engine_on_cuda_make_no_synchronizing_call(make_cfg, monkeypatch, device):
+    """The same on ``trainer=fabric``: from the session's step start (the batch is on the GPU) through forward, backward,
+    clipping and the optimizer to its step's end, idle steps run under ``set_sync_debug_mode("error")``."""
+    every = 4
+    start_step, finish_step = HookSession.start_step, HookSession.finish_step
+
+    def checked_start(session, step):
+        if step % every:
+            sync_debug("error")
+        start_step(session, step)
+
+    def checked_finish(session):
+        try:
+            finish_step(session)
+        finally:
+            sync_debug(0)
+
+    monkeypatch.setattr(HookSession, "start_step", checked_start)
+    monkeypatch.setattr(HookSession, "finish_step", checked_finish)
+    run = build_run(every_plugin_cadenced(make_cfg, every, "trainer=fabric", *device, "trainer.gradient_clip_val=1.0"))
+    try:
+        run.trainer.fit(run.task, datamodule=run.datamodule)
+    finally:
+        sync_debug(0)
     assert run.trainer.global_step == 13
     assert run.task.plugin_state.nan_guard.checked_steps.item() == 13

@@ -5,7 +5,7 @@ import torch
 
 from hooktrain import HooktrainError, train
 from hooktrain.testing import identical
-from conftest import every_plugin
+from conftest import ON_CUDA, every_plugin
 
 # Wall-clock timings cannot repeat bit for bit; everything else must.
 NOT_REPRODUCIBLE = ("plugin_state.module_timer.",)
@@ -23,10 +23,11 @@ def run(make_cfg, out, *extra):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resuming in place
-def test_straight_and_resumed_runs_are_bitwise_identical(make_cfg, tmp_path):
-    straight = run(make_cfg, tmp_path / "straight", "trainer.max_epochs=2")
-    run(make_cfg, tmp_path / "resumed", "trainer.max_epochs=1")
-    resumed = run(make_cfg, tmp_path / "resumed", "trainer.max_epochs=2",
+@pytest.mark.parametrize("device", [pytest.param((), id="cpu"), *ON_CUDA])
+def test_straight_and_resumed_runs_are_bitwise_identical(make_cfg, tmp_path, device):
+    straight = run(make_cfg, tmp_path / "straight", "trainer.max_epochs=2", *device)
+    run(make_cfg, tmp_path / "resumed", "trainer.max_epochs=1", *device)
+    resumed = run(make_cfg, tmp_path / "resumed", "trainer.max_epochs=2", *device,
                   f"ckpt_path={tmp_path / 'resumed' / 'checkpoints' / 'last.ckpt'}")
     assert (straight["global_step"], resumed["global_step"]) == (8, 8)
     assert straight["state_dict"].keys() == resumed["state_dict"].keys()
