@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from hooktrain import bench
 from hooktrain.bench import all_variants, calls_per_step, check_goals, engine_and_plugins, main, robust_step_time
 
 from conftest import ROOT
@@ -63,14 +64,20 @@ def test_a_tiny_benchmark_times_every_variant_and_writes_json_and_markdown(tmp_p
     assert (tmp_path / "bench.md").read_text() in capsys.readouterr().out
 
 
-def test_variants_pick_what_is_timed_and_a_wrong_name_lists_the_choices(tmp_path, capsys):
+def test_variants_pick_what_is_timed_and_a_wrong_name_lists_the_choices(tmp_path, capsys, monkeypatch):
+    readings = iter(["before the runs", "after them"])
+    monkeypatch.setattr(bench, "_loadavg", lambda: next(readings))
     main(["--models", "mlp", "--variants", "fabric", "--repeats", "1", "--steps", "2", "--warmup", "1", "--no-memory", "--no-counts",
           "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
     report = json.loads((tmp_path / "bench.json").read_text())
     assert [row["variant"] for row in report["rows"]] == ["raw", "fabric"]  # raw always: every ratio is against it
+    assert report["load_before"] == "before the runs"  # the machine as the benchmark found it, not as its runs left it
     with pytest.raises(SystemExit):
         main(["--variants", "fabrik", "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
     assert "unknown variant(s) fabrik; choose from: raw lightning hooktrain" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a trainer group would turn the fabric variants into the Trainer engine, unseen
+        main(["--variants", "fabric", "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path), "trainer=gpu", "trainer.precision=32-true"])
+    assert "trainer=gpu: the benchmark picks each variant's engine" in capsys.readouterr().err
 
 
 def test_calls_and_ops_per_step_show_what_each_engine_and_plugin_adds():

@@ -323,11 +323,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--counts", action=argparse.BooleanOptionalAction, default=True, help="also count Python calls and PyTorch ops per step")
     parser.add_argument("--config-dir", type=Path, default=Path("conf"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every variant, e.g. trainer=gpu trainer.precision=32-true")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every variant, e.g. trainer.accelerator=gpu trainer.precision=32-true")
     args = parser.parse_args(argv)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # keep the report readable
         logging.getLogger(name).setLevel(logging.WARNING)
     overrides = tuple(args.overrides)
+    if engine_choice := [override for override in overrides if override.lstrip("+~").startswith("trainer=")]:
+        parser.error(
+            f"{engine_choice[0]}: the benchmark picks each variant's engine (trainer=fabric for fabric*, the Trainer for the rest); "
+            "set what both engines take instead, e.g. trainer.accelerator=gpu trainer.precision=bf16-mixed"
+        )
     known = all_variants(args.config_dir)
     variants = args.variants or known
     if unknown := [variant for variant in variants if variant not in known]:
@@ -335,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     if "raw" not in variants:
         variants = ["raw", *variants]  # every ratio is against it
 
+    load_before = _loadavg()
     times: dict[tuple[str, str], list[list[float]]] = {(m, v): [] for m in args.models for v in variants}
     loads: dict[tuple[str, str], list[float]] = {(m, v): [] for m in args.models for v in variants}
     ends: dict[tuple[str, str], list[float]] = {(m, v): [] for m in args.models for v in variants}
@@ -366,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "date": date.today().isoformat(), "machine": f"{device}, torch {torch.__version__}", "overrides": list(overrides),
         "threads": torch.get_num_threads(), "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
-        "load_before": _loadavg(), "busy_runs": busy, "rows": rows, "goals": goals,
+        "load_before": load_before, "busy_runs": busy, "rows": rows, "goals": goals,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
