@@ -80,6 +80,18 @@ def test_variants_pick_what_is_timed_and_a_wrong_name_lists_the_choices(tmp_path
     assert "trainer=gpu: the benchmark picks each variant's engine" in capsys.readouterr().err
 
 
+def test_lockstep_times_the_variants_side_by_side_in_one_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "time_variant", None)  # no variant timed alone
+    main(["--lockstep", "--models", "mlp", "--variants", "hooktrain", "fabric+logging", "--repeats", "2", "--steps", "3", "--warmup", "1",
+          "--no-memory", "--no-counts", "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "bench.json").read_text())
+    rows = {row["variant"]: row for row in report["rows"]}
+    assert list(rows) == ["raw", "hooktrain", "fabric+logging"] and report["lockstep"]
+    assert all(len(row["run_means_ms"]) == 2 and row["step_ms"] > 0 for row in rows.values())
+    assert rows["fabric+logging"]["fit_end_s"] > rows["hooktrain"]["fit_end_s"]  # each fit's end timed alone: its pictures
+    assert "rounds of the variants side by side, one step each in turn" in (tmp_path / "bench.md").read_text()
+
+
 def test_calls_and_ops_per_step_show_what_each_engine_and_plugin_adds():
     counts = {variant: calls_per_step(ROOT / "conf", "mlp", variant, (), short=5, long=15) for variant in ("raw", "fabric", "hooktrain", "fabric+grad_clip")}
     python = {variant: count["python_calls"] for variant, count in counts.items()}

@@ -25,6 +25,12 @@ plugin active on step 0 only, so idle while timed; plugins whose class says ``ac
 left out, e.g. pruning: PyTorch's pruning hook applies the masks at every forward by design;
 ``+pruning`` shows its cost). A plugin's ``example_settings`` are passed to it in every variant.
 ``--variants`` picks some: ``--variants raw fabric hooktrain``.
+
+``--lockstep``: instead of one run after another, every variant trains side by side in this process,
+one step each in turn (:mod:`hooktrain.stepclock`), each step timed alone. A slowdown of the shared
+machine then lands on all variants alike: on this project's 2 shared cores the ratios' spread over
+repeats falls from 20-40% to 1-4%, small enough to decide the 1-8% goals. Needs greenlet
+(``pip install 'hooktrain[bench]'``).
 """
 
 import argparse
@@ -42,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -53,48 +60,15 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.data import DataLoader
 
 import hooktrain  # noqa: F401  registers the trainer schema
 from hooktrain.build import build
 from hooktrain.registry import example_overrides, plugin_class, training_plugins
 from hooktrain.run import build_run
 from hooktrain.session import HookSession
+from hooktrain.stepclock import Stamps, in_turn, stamp_batches
 
 NEVER = 10**9  # every_n_steps that leaves a plugin active on step 0 only
-
-
-def stamp(stamps: list[float]) -> None:
-    """Appends the time now, after the GPU's queued work (if any) is done."""
-    if torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-    stamps.append(time.perf_counter())
-
-
-class StampedLoader(DataLoader):
-    """The data module's training loader, stamping the time as it hands out each batch: one stamp per step in every variant."""
-
-    stamps: list[float]
-
-    def __iter__(self):
-        for batch in super().__iter__():
-            stamp(self.stamps)
-            yield batch
-
-
-def stamp_batches(datamodule: pl.LightningDataModule, stamps: list[float]) -> None:
-    """Makes ``datamodule.train_dataloader()`` a :class:`StampedLoader` appending to ``stamps``, otherwise the same loader."""
-    original = datamodule.train_dataloader
-
-    def train_dataloader() -> StampedLoader:
-        loader = original()
-        stamped = StampedLoader(
-            loader.dataset, batch_sampler=loader.batch_sampler, collate_fn=loader.collate_fn, num_workers=loader.num_workers
-        )
-        stamped.stamps = stamps
-        return stamped
-
-    datamodule.train_dataloader = train_dataloader
 
 
 class PlainModule(pl.LightningModule):
@@ -155,16 +129,48 @@ def time_variant(
     other processes kept busy meanwhile (on average), and the seconds from the last step to the fit's return (the
     fit's end: a last epoch's work, the final pictures, the loggers' flush)."""
     total = warmup + steps + 1
-    stamps: list[float] = []
+    stamps = Stamps()
     with tempfile.TemporaryDirectory() as out_dir:
         cfg = compose_cfg(config_dir, model, variant, total, out_dir, overrides)
-        with OtherLoad() as load:
-            if variant == "raw":
-                _run_raw_loop(cfg, total, stamps)
-            else:
-                _run_trainer(cfg, variant, stamps)
+        with OtherLoad() as load, quiet():
+            _run(cfg, variant, total, stamps)
             ended = time.perf_counter()
-    return [b - a for a, b in zip(stamps[warmup:-1], stamps[warmup + 1 :])], load.cores, ended - stamps[-1]
+    return stamps.step_times(warmup), load.cores, ended - stamps.starts[-1]
+
+
+def time_lockstep(
+    config_dir: Path, model: str, variants: list[str], warmup: int, steps: int, overrides: tuple[str, ...] = ()
+) -> dict[str, tuple[list[float], float, float]]:
+    """What :func:`time_variant` gives for each variant, with the variants training side by side, one step each in
+    turn (``variants``' order; :func:`hooktrain.stepclock.in_turn`): a slowdown of the shared machine then lands on
+    all of them alike. The cores other processes kept busy are one figure for the whole run."""
+    total = warmup + steps + 1
+    ends: dict[str, float] = {}
+
+    def run(variant: str, cfg: DictConfig) -> Callable[[Stamps], None]:
+        def train(stamps: Stamps) -> None:
+            _run(cfg, variant, total, stamps)
+            ends[variant] = time.perf_counter() - stamps.starts[-1]  # its fit's end ran alone: nothing else resumed
+
+        return train
+
+    with tempfile.TemporaryDirectory() as out_dir:
+        runs = {variant: run(variant, compose_cfg(config_dir, model, variant, total, f"{out_dir}/{index}", overrides))
+                for index, variant in enumerate(variants)}
+        with OtherLoad() as load, quiet():
+            stamps = in_turn(runs)
+    return {variant: (stamps[variant].step_times(warmup), load.cores, ends[variant]) for variant in variants}
+
+
+@contextlib.contextmanager
+def quiet():
+    """Progress bars and Lightning's notes go nowhere (they still render: their cost is in the step)."""
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
+        yield
+
+
+def _run(cfg: DictConfig, variant: str, total: int, stamps: Stamps) -> None:
+    _run_raw_loop(cfg, total, stamps) if variant == "raw" else _run_trainer(cfg, variant, stamps)
 
 
 class OtherLoad:
@@ -192,7 +198,7 @@ class OtherLoad:
         return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), times.user + times.system, time.perf_counter()
 
 
-def _run_trainer(cfg: DictConfig, variant: str, stamps: list[float]) -> None:
+def _run_trainer(cfg: DictConfig, variant: str, stamps: Stamps) -> None:
     """Plain Lightning, or hooktrain on either engine, until ``trainer.max_steps``."""
     if variant == "lightning":
         pl.seed_everything(cfg.seed, verbose=False)
@@ -204,11 +210,10 @@ def _run_trainer(cfg: DictConfig, variant: str, stamps: list[float]) -> None:
         run = build_run(cfg)
         trainer, module, datamodule = run.trainer, run.task, run.datamodule
     stamp_batches(datamodule, stamps)
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
-        trainer.fit(module, datamodule=datamodule)  # the progress bar still renders, unseen
+    trainer.fit(module, datamodule=datamodule)
 
 
-def _run_raw_loop(cfg: DictConfig, total: int, stamps: list[float]) -> None:
+def _run_raw_loop(cfg: DictConfig, total: int, stamps: Stamps) -> None:
     """The hand-written loop for ``total`` steps, with the config's loader, optimizer, device and precision."""
     pl.seed_everything(cfg.seed, verbose=False)
     device = torch.device("cuda" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu")
@@ -256,7 +261,7 @@ def calls_per_step(config_dir: Path, model: str, variant: str, overrides: tuple[
         with tempfile.TemporaryDirectory() as out_dir, contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             cfg = compose_cfg(config_dir, model, variant, total, out_dir, overrides)
             with counter, pictures_left_out():
-                _run_raw_loop(cfg, total, []) if variant == "raw" else _run_trainer(cfg, variant, [])
+                _run(cfg, variant, total, Stamps())
 
     run(short, contextlib.nullcontext())
     python, ops = [], []
@@ -319,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=150, help="timed optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--lockstep", action="store_true", help="train the variants side by side, one step each in turn (see above)")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="also measure peak memory (one process per variant)")
     parser.add_argument("--counts", action=argparse.BooleanOptionalAction, default=True, help="also count Python calls and PyTorch ops per step")
     parser.add_argument("--config-dir", type=Path, default=Path("conf"))
@@ -347,9 +353,15 @@ def main(argv: list[str] | None = None) -> None:
     for repeat in range(args.repeats):
         order = variants[repeat % len(variants):] + variants[: repeat % len(variants)]
         for model in args.models:
-            for variant in order:
+            if args.lockstep:
                 gc.collect()
-                steps, other, end = time_variant(args.config_dir, model, variant, args.warmup, args.steps, overrides)
+                timed = time_lockstep(args.config_dir, model, order, args.warmup, args.steps, overrides)
+            else:
+                timed = {}
+                for variant in order:
+                    gc.collect()
+                    timed[variant] = time_variant(args.config_dir, model, variant, args.warmup, args.steps, overrides)
+            for variant, (steps, other, end) in timed.items():
                 times[(model, variant)].append(steps)
                 loads[(model, variant)].append(round(other, 3))
                 ends[(model, variant)].append(end)
@@ -371,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_initialized() else f"{platform.machine()}, {os.cpu_count()} cores"
     report = {
         "date": date.today().isoformat(), "machine": f"{device}, torch {torch.__version__}", "overrides": list(overrides),
-        "threads": torch.get_num_threads(), "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+        "threads": torch.get_num_threads(), "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "lockstep": args.lockstep,
         "load_before": load_before, "busy_runs": busy, "rows": rows, "goals": goals,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -457,7 +469,8 @@ def check_goals(rows: list[dict], models: list[str], logging_names: list[str]) -
 def to_markdown(report: dict) -> str:
     lines = [
         f"Benchmark of {report['date']} on {report['machine']}, {report['threads']} threads; batch 64, "
-        f"{report['repeats']} interleaved runs of {report['steps']} steps after {report['warmup']} warm-up steps"
+        f"{report['repeats']} {'rounds of the variants side by side, one step each in turn' if report.get('lockstep') else 'interleaved runs'} "
+        f"of {report['steps']} steps after {report['warmup']} warm-up steps"
         + (f"; overrides: `{' '.join(report['overrides'])}`." if report["overrides"] else "."),
         f"Load average before: {report['load_before']}."
         + (f" **Busy machine during: {'; '.join(report['busy_runs'])}.**" if report["busy_runs"] else " Other processes stayed under 0.2 core in every run."),
