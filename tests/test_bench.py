@@ -67,11 +67,12 @@ def test_a_tiny_benchmark_times_every_variant_and_writes_json_and_markdown(tmp_p
 def test_variants_pick_what_is_timed_and_a_wrong_name_lists_the_choices(tmp_path, capsys, monkeypatch):
     readings = iter(["before the runs", "after them"])
     monkeypatch.setattr(bench, "_loadavg", lambda: next(readings))
-    main(["--models", "mlp", "--variants", "fabric", "--repeats", "1", "--steps", "2", "--warmup", "1", "--no-memory", "--no-counts",
+    main(["--no-lockstep", "--models", "mlp", "--variants", "fabric", "--repeats", "1", "--steps", "2", "--warmup", "1", "--no-memory", "--no-counts",
           "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
     report = json.loads((tmp_path / "bench.json").read_text())
     assert [row["variant"] for row in report["rows"]] == ["raw", "fabric"]  # raw always: every ratio is against it
     assert report["load_before"] == "before the runs"  # the machine as the benchmark found it, not as its runs left it
+    assert not report["lockstep"] and "interleaved runs of 2 steps" in (tmp_path / "bench.md").read_text()
     with pytest.raises(SystemExit):
         main(["--variants", "fabrik", "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
     assert "unknown variant(s) fabrik; choose from: raw lightning hooktrain" in capsys.readouterr().err
@@ -82,7 +83,7 @@ def test_variants_pick_what_is_timed_and_a_wrong_name_lists_the_choices(tmp_path
 
 def test_lockstep_times_the_variants_side_by_side_in_one_run(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "time_variant", None)  # no variant timed alone
-    main(["--lockstep", "--models", "mlp", "--variants", "hooktrain", "fabric+logging", "--repeats", "2", "--steps", "3", "--warmup", "1",
+    main(["--models", "mlp", "--variants", "hooktrain", "fabric+logging", "--repeats", "2", "--steps", "3", "--warmup", "1",
           "--no-memory", "--no-counts", "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
     report = json.loads((tmp_path / "bench.json").read_text())
     rows = {row["variant"]: row for row in report["rows"]}

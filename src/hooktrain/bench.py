@@ -26,11 +26,11 @@ left out, e.g. pruning: PyTorch's pruning hook applies the masks at every forwar
 ``+pruning`` shows its cost). A plugin's ``example_settings`` are passed to it in every variant.
 ``--variants`` picks some: ``--variants raw fabric hooktrain``.
 
-``--lockstep``: instead of one run after another, every variant trains side by side in this process,
-one step each in turn (:mod:`hooktrain.stepclock`), each step timed alone. A slowdown of the shared
-machine then lands on all variants alike: on this project's 2 shared cores the ratios' spread over
-repeats falls from 20-40% to 1-4%, small enough to decide the 1-8% goals. Needs greenlet
-(``pip install 'hooktrain[bench]'``).
+Lockstep (the default): every variant trains side by side in this process, one step each in turn
+(:mod:`hooktrain.stepclock`), each step timed alone. A slowdown of the shared machine then lands on
+all variants alike: on this project's 2 shared cores the ratios' spread over repeats is 1-4%, where
+runs timed one after another (``--no-lockstep``) spread by 20-40%, too much to decide a 1-8% goal.
+Needs greenlet (``pip install 'hooktrain[bench]'``).
 """
 
 import argparse
@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=150, help="timed optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--lockstep", action="store_true", help="train the variants side by side, one step each in turn (see above)")
+    parser.add_argument("--lockstep", action=argparse.BooleanOptionalAction, default=True,
+                        help="train the variants side by side, one step each in turn (see above); --no-lockstep: one run after another")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="also measure peak memory (one process per variant)")
     parser.add_argument("--counts", action=argparse.BooleanOptionalAction, default=True, help="also count Python calls and PyTorch ops per step")
     parser.add_argument("--config-dir", type=Path, default=Path("conf"))
