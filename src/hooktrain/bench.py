@@ -28,8 +28,9 @@ left out, e.g. pruning: PyTorch's pruning hook applies the masks at every forwar
 
 Lockstep (the default): every variant trains side by side in this process, one step each in turn
 (:mod:`hooktrain.stepclock`), each step timed alone. A slowdown of the shared machine then lands on
-all variants alike: on this project's 2 shared cores the ratios' spread over repeats is 1-4%, where
-runs timed one after another (``--no-lockstep``) spread by 20-40%, too much to decide a 1-8% goal.
+all variants alike: on this project's 2 shared cores a ratio's spread over 5 rounds is about 5 points
+wide (3 with 10 variants), where runs timed one after another (``--no-lockstep``) spread by 20-40%,
+too much to decide a 1-8% goal.
 Needs greenlet (``pip install 'hooktrain[bench]'``).
 """
 
