@@ -2,18 +2,15 @@
 
 Every variant trains the same model on the same digits batches, from the same loader, optimizer
 (the config's, weight decay included) and precision, for ``--warmup`` + ``--steps`` optimizer steps.
-The loader stamps the time as it hands out each batch, in every variant alike, so a step's time
-(stamp to stamp) holds all its work: data, loop, logging. Variants run interleaved, ``--repeats``
-times in a rotating order, so drift of a shared machine hits them alike; a variant's step time is
-the mean step time of its least disturbed run, and each ratio comes with its spread over the
-repeats (the ratio within each repeat, min to max). The CPU time other processes used during each
-run is recorded, and a run where it exceeded 0.2 core is reported. Python calls and PyTorch
-operator calls per step are counted too: figures no machine noise moves.
-
-Step time of a variant: for each step position, the median over repeats; then the mean over
-positions. The median drops the machine's random stalls, which land on other steps in each repeat;
-the mean keeps periodic work (a logging step every 50) at its true share. On a GPU every timed step
-ends with ``torch.cuda.synchronize()``, so a step's time holds its kernels.
+The loader marks each step's start and end as it hands out batches, in every variant alike, so a
+step's time holds all its work: data, loop, logging. The variants run ``--repeats`` times in a
+rotating order, side by side (lockstep, below) or one after another; a variant's step time is the
+mean step time of its least disturbed run (periodic work, a logging step every 50, keeps its share),
+and each ratio comes with its spread over the repeats (the ratio within each repeat, min to max).
+The CPU time other processes used during each run is recorded, and a run where it exceeded 0.2 core
+is reported. Python calls and PyTorch operator calls per step are counted too: figures no machine
+noise moves. On a GPU every step boundary waits for ``torch.cuda.synchronize()``, so a step's time
+holds its kernels.
 
 Variants: ``raw`` (a hand-written loop, the limit), ``lightning`` (a plain LightningModule on the
 Trainer with the config's callbacks and logger: what users would write instead), ``hooktrain``

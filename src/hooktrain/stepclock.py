@@ -41,6 +41,7 @@ class Stamps:
         return len(self.starts)
 
     def batch_handed_out(self) -> None:
+        """Marks a step boundary (the loader has the next batch); in turn, the other runs take their step in between."""
         if self.scheduler is None:
             moment = now()
             if self.starts:
