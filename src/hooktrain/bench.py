@@ -288,10 +288,9 @@ def pictures_left_out():
 def peak_memory_mb(config_dir: Path, model: str, variant: str, warmup: int, steps: int, overrides: tuple[str, ...]) -> float:
     """Peak memory a training run adds, in a fresh process (peaks only grow): GPU memory on CUDA, else resident."""
     code = (
-        "import resource, sys, torch; from pathlib import Path; from hooktrain.bench import time_variant, rss_mb;"
+        "import sys, torch; from pathlib import Path; from hooktrain.bench import time_variant, rss_mb, peak_rss_mb;"
         "base = rss_mb(); time_variant(Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), tuple(sys.argv[6:]));"
-        "print(torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_initialized() else "
-        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)"
+        "print(torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_initialized() else peak_rss_mb() - base)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, str(config_dir), model, variant, str(warmup), str(steps), *overrides],
@@ -303,6 +302,13 @@ def peak_memory_mb(config_dir: Path, model: str, variant: str, warmup: int, step
 def rss_mb() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since its program started (``VmHWM``). Not ``getrusage``'s ``ru_maxrss``:
+    Linux keeps that across ``exec``, so a child started from a large benchmark process reported the parent's size."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def all_variants(config_dir: Path) -> list[str]:
