@@ -168,7 +168,10 @@ def quiet():
 
 
 def _run(cfg: DictConfig, variant: str, total: int, stamps: Stamps) -> None:
-    _run_raw_loop(cfg, total, stamps) if variant == "raw" else _run_trainer(cfg, variant, stamps)
+    if variant == "raw":
+        _run_raw_loop(cfg, total, stamps)
+    else:
+        _run_trainer(cfg, variant, stamps)
 
 
 class OtherLoad:
@@ -256,7 +259,7 @@ def calls_per_step(config_dir: Path, model: str, variant: str, overrides: tuple[
     divided by ``long - short``, so set-up cancels out."""
 
     def run(total: int, counter: Any) -> None:
-        with tempfile.TemporaryDirectory() as out_dir, contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with tempfile.TemporaryDirectory() as out_dir, quiet():
             cfg = compose_cfg(config_dir, model, variant, total, out_dir, overrides)
             with counter, pictures_left_out():
                 _run(cfg, variant, total, Stamps())

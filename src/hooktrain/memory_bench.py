@@ -7,15 +7,13 @@ that kept activations, gradients or graphs would grow it step after step.
 """
 
 import argparse
-import contextlib
 import logging
-import os
 import tempfile
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
-from hooktrain.bench import compose_cfg, rss_mb
+from hooktrain.bench import compose_cfg, quiet, rss_mb
 from hooktrain.run import build_run
 
 
@@ -42,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         run = build_run(compose_cfg(args.config_dir, "lenet", "hooktrain", args.steps, out_dir, extra=every_step))
         sampler = MemorySampler(every=100)
         run.trainer.callbacks.append(sampler)
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
+        with quiet():
             run.trainer.fit(run.task, datamodule=run.datamodule)
     print("step  resident MB")
     for step, mb in sampler.samples:
