@@ -23,7 +23,8 @@ def every_plugin(every_n_steps: int = 1, log_every_n_steps: int = 2) -> list[str
 
 # Runs on a CUDA device where one is (the device tool lends one to some sessions); CI has none.
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-ON_CUDA = [  # the same test on a GPU, at full and at mixed precision
+ON_CPU_AND_CUDA = [  # the config's CPU, and the same test on a GPU at full and at mixed precision
+    pytest.param((), id="cpu"),
     pytest.param(("trainer.accelerator=gpu", "trainer.precision=32-true"), marks=needs_cuda, id="cuda-32-true"),
     pytest.param(("trainer.accelerator=gpu", "trainer.precision=bf16-mixed"), marks=needs_cuda, id="cuda-bf16-mixed"),
 ]

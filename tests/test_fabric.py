@@ -4,7 +4,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ON_CUDA, every_plugin, run_cli
+from conftest import ON_CPU_AND_CUDA, every_plugin, run_cli
 from hooktrain import HooktrainError, train
 from hooktrain.testing import identical
 
@@ -49,7 +49,7 @@ def test_both_engines_train_the_same_model_bit_for_bit_and_log_the_same(make_cfg
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
-@pytest.mark.parametrize("device", [pytest.param((), id="cpu"), *ON_CUDA])
+@pytest.mark.parametrize("device", ON_CPU_AND_CUDA)
 def test_a_resumed_run_equals_a_straight_one_bit_for_bit(make_cfg, tmp_path, device):
     """The MLP's dropout and random pruning draw from torch's random state: it must be restored too."""
 

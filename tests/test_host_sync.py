@@ -18,7 +18,7 @@ from hooktrain.session import HookSession
 from hooktrain.task import ClassifierTask
 from plugins.grad_logger import GradLogger
 
-from conftest import ON_CUDA, every_plugin
+from conftest import ON_CPU_AND_CUDA, every_plugin
 
 HOOKTRAIN_CODE = ("hooktrain/session.py", "hooktrain/writers.py", "hooktrain/engines/", "hooktrain/plugin.py", "hooktrain/stats.py", f"{Path('plugins')}/")
 
@@ -104,10 +104,8 @@ def every_plugin_cadenced(make_cfg, every: int, *overrides: str):
     )
 
 
-ON_CPU = pytest.param(("trainer.accelerator=cpu",), id="cpu")  # the same run, unchecked: CI keeps the test's set-up working
-
-
-@pytest.mark.parametrize("device", [ON_CPU, *ON_CUDA])  # 16-mixed: GradScaler itself reads found_inf every step
+# On the CPU the same run, unchecked: CI keeps the test's set-up working. 16-mixed: GradScaler itself reads found_inf every step.
+@pytest.mark.parametrize("device", ON_CPU_AND_CUDA)
 def test_idle_steps_of_the_main_job_on_cuda_make_no_synchronizing_call(make_cfg, device):
     """Steps 1-3, 5-7, ... (all plugins idle but nan_guard and grad_clip) run under ``set_sync_debug_mode("error")``,
     from each batch's start to its end, Lightning's own per-step work included."""
@@ -123,7 +121,7 @@ def test_idle_steps_of_the_main_job_on_cuda_make_no_synchronizing_call(make_cfg,
     assert run.task.plugin_state.nan_guard.checked_steps.item() == 13
 
 
-@pytest.mark.parametrize("device", [ON_CPU, *ON_CUDA])
+@pytest.mark.parametrize("device", ON_CPU_AND_CUDA)
 def test_idle_steps_of_the_fabric_engine_on_cuda_make_no_synchronizing_call(make_cfg, monkeypatch, device):
     """The same on ``trainer=fabric``: from the session's step start (the batch is on the GPU) through forward, backward,
     clipping and the optimizer to its step's end, idle steps run under ``set_sync_debug_mode("error")``."""

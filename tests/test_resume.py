@@ -5,7 +5,7 @@ import torch
 
 from hooktrain import HooktrainError, train
 from hooktrain.testing import identical
-from conftest import ON_CUDA, every_plugin
+from conftest import ON_CPU_AND_CUDA, every_plugin
 
 # Wall-clock timings cannot repeat bit for bit; everything else must.
 NOT_REPRODUCIBLE = ("plugin_state.module_timer.",)
@@ -23,7 +23,7 @@ def run(make_cfg, out, *extra):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resuming in place
-@pytest.mark.parametrize("device", [pytest.param((), id="cpu"), *ON_CUDA])
+@pytest.mark.parametrize("device", ON_CPU_AND_CUDA)
 def test_straight_and_resumed_runs_are_bitwise_identical(make_cfg, tmp_path, device):
     straight = run(make_cfg, tmp_path / "straight", "trainer.max_epochs=2", *device)
     run(make_cfg, tmp_path / "resumed", "trainer.max_epochs=1", *device)
