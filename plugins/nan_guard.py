@@ -1,5 +1,6 @@
 """nan_guard: stops training at the first module whose output or gradient is not finite, and names it."""
 
+import logging
 import math
 
 import torch
@@ -7,23 +8,27 @@ from torch import Tensor, nn
 
 from hooktrain.errors import NonFiniteError
 from hooktrain.plugin import HookContext, HookPlugin
-from hooktrain.stats import largest_magnitude
+from hooktrain.stats import absmax
 
-CHECKS = ("_output_check", "_grad_check")
+log = logging.getLogger(__name__)
 
 
 class NanGuard(HookPlugin):
-    """Stops training when a module's output or gradient holds NaN or inf, naming the first such module.
+    """Stops training when a module's output or parameter gradient holds NaN or inf, naming the first such module.
 
-    Hooks: a forward hook records, per module, the sum of the smallest and largest output value, and
-    an ``output_grad`` hook (a tensor hook, far cheaper than a full backward hook) that of the gradient
-    at the output: one ``aminmax`` pass each, on the device, no host sync; NaN and inf carry through
-    it. The host keeps the order in which modules ran. At the end of the step the values of every
-    module reach the host in one go: on a CPU at once; on a GPU through a non-blocking copy read at
-    a later step once it has landed, so healthy steps never wait for the GPU. The first non-finite
-    output in forward order is named; if all outputs were finite, the first non-finite gradient in
-    backward order (where the bad gradient entered). Logged, on logging steps: ``output_absmax`` and
-    ``grad_absmax``, the largest ``|value|``.
+    Outputs: a forward hook records, per module, the sum of its output (in float32 or wider): NaN and inf carry
+    through a sum, so it is not finite exactly when a value is not (short of finite values summing past 3.4e38,
+    about 1e33 each in a conv's output: a run that has diverged anyway). One reduction per call, on the device.
+    Gradients: once they are final, one ``torch._foreach_norm`` over the parameter gradients of every selected
+    module (a norm past 3.4e38 counts, as for ``clip_grad_norm_(error_if_nonfinite=True)``). No hook in the
+    backward: autograd's Python hooks cost more than the check, and gradients are alike on every process.
+    Selected modules without parameters (``types: [ReLU]``) have their outputs checked only.
+    The host keeps the order in which modules ran. At the end of the step the values reach the host in one
+    go: on a CPU at once; on a GPU through a non-blocking copy read at a later step once it has landed, so
+    healthy steps never wait for the GPU. The first non-finite output in forward order is named; if all
+    outputs were finite, the first module with a non-finite parameter gradient in backward order (the
+    reverse of forward order: where the bad gradient entered). Logged, on logging steps: ``output_absmax``
+    and ``grad_absmax``, the largest ``|value|`` of the output and of the parameters' gradients.
     Under fp16 mixed precision only outputs are checked: there a GradScaler makes early steps
     overflow on purpose, then skips them and lowers its scale.
 
@@ -38,44 +43,55 @@ class NanGuard(HookPlugin):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self._order: dict[str, list[int]] = {"output": [], "gradient": []}  # module indices, in call order
-        self._pending: list[tuple[Tensor, object, dict[str, list[int]], int]] = []  # flags, CUDA event, order, step
+        self._ran: list[int] = []  # modules whose output was checked, in call order
+        self._grads: tuple[Tensor, list[int]] | None = None  # this step's gradient norms, and the module of each
+        self._grad_absmax: Tensor | None = None  # on logging steps
+        self._pending: list[tuple[Tensor, object, list[int], list[int], int]] = []  # checks, CUDA event, ran, gradients' modules, step
         self._names: list[str] = []
+        self._parameters: list[list[nn.Parameter]] = []  # per module: the same objects for the whole fit (pruning re-registers them)
 
     def setup(self, state: nn.Module, modules: dict[str, nn.Module]) -> None:
         state.register_buffer("checked_steps", torch.zeros((), dtype=torch.long))
         self._names = list(modules)
+        self._parameters = [list(module.parameters()) for module in modules.values()]
+        without = [name for name, params in zip(self._names, self._parameters) if not params]
+        if without:
+            log.warning("nan_guard checks the outputs of %s, modules without parameters, but not their gradients", without)
 
     def forward(self, ctx: HookContext, module: nn.Module, args: tuple, output) -> None:
         if isinstance(output, Tensor) and output.numel():
-            self._order["output"].append(ctx.index)
-            self._record(ctx, "output", output.detach())
+            output = output.detach()
+            self._ran.append(ctx.index)
+            ctx.record("_output_check", output.sum(dtype=torch.promote_types(output.dtype, torch.float32)), reduce="sum")
+            if self.writes_now(ctx):
+                ctx.record("output_absmax", absmax(output), reduce="max")
 
-    def output_grad(self, ctx: HookContext, module: nn.Module, grad: Tensor) -> None:
+    def gradients_ready(self) -> None:
         if self.info.active_scaler is not None:
             return  # fp16: overflowing scaled gradients are the GradScaler's business (it skips the step)
-        if grad.numel():
-            self._order["gradient"].append(ctx.index)
-            self._record(ctx, "grad", grad)
-
-    def _record(self, ctx: HookContext, what: str, values: Tensor) -> None:
-        """``min + max`` from one ``aminmax`` pass: not finite exactly when a value is not (short of two finite values
-        over 1.7e38), and summed over calls and processes, where NaN carries on (a max all-reduce may drop it).
-        ``|value|``'s largest only on logging steps."""
-        low, high = torch.aminmax(values)
-        ctx.record(f"_{what}_check", low + high, reduce="sum")
-        if self.writes_now(ctx):
-            ctx.record(f"{what}_absmax", largest_magnitude(low, high), reduce="max")
+        owned = [(index, param.grad) for index, params in enumerate(self._parameters) for param in params if param.grad is not None]
+        if not owned:
+            return
+        owners, grads = [index for index, _ in owned], [grad for _, grad in owned]
+        self._grads = torch.stack(torch._foreach_norm(grads)), owners
+        if self.is_logging(self.info.step):  # per module, the largest |gradient| of its parameters (NaN: none)
+            by_module: dict[int, list[Tensor]] = {}
+            for index, grad in owned:
+                by_module.setdefault(index, []).append(absmax(grad))
+            none = torch.full((), float("nan"), device=grads[0].device)
+            self._grad_absmax = torch.stack([torch.stack(by_module[index]).max() if index in by_module else none for index in range(len(self._names))])
 
     def update(self, state: nn.Module, stats: dict[str, Tensor]) -> dict[str, Tensor]:
         state.checked_steps.add_(1)
-        order, self._order = self._order, {"output": [], "gradient": []}
-        if not stats:
-            return {}
-        if any(key not in stats for key in CHECKS):  # a kind not recorded (fp16 gradients, no backward): healthy
-            healthy = torch.zeros_like(next(iter(stats.values())))
-            stats = {key: stats.get(key, healthy) for key in CHECKS}
-        checks = torch.stack([stats[key] for key in CHECKS])
+        ran, self._ran = self._ran, []
+        grads, self._grads = self._grads, None
+        logged = {"grad_absmax": self._grad_absmax} if self._grad_absmax is not None else {}
+        self._grad_absmax = None
+        outputs = stats.get("_output_check")  # (num_modules,), NaN where a module recorded nothing: only `ran` is read
+        parts = ([] if outputs is None else [outputs]) + ([] if grads is None else [grads[0]])
+        if not parts:
+            return logged
+        checks = torch.cat(parts) if len(parts) > 1 else parts[0]
         event = None
         if checks.is_cuda:  # copy without waiting; read once the copy has landed
             host = torch.empty_like(checks, device="cpu", pin_memory=True)
@@ -83,18 +99,28 @@ class NanGuard(HookPlugin):
             event = torch.cuda.Event()
             event.record()
             checks = host
-        self._pending.append((checks, event, order, self.info.step))
+        self._pending.append((checks, event, ran, [] if grads is None else grads[1], self.info.step))
         self._check()
-        return {}
+        return logged
 
     def _check(self) -> None:
         while self._pending and (self._pending[0][1] is None or self._pending[0][1].query()):
-            checks, _, order, step = self._pending.pop(0)
-            bad = {kind: [not math.isfinite(value) for value in row] for kind, row in zip(("output", "gradient"), checks.tolist())}
-            for what, kind in (("output", "output"), ("gradient at the output", "gradient")):
-                first = next((index for index in order[kind] if bad[kind][index]), None)
+            checks, _, ran, owners, step = self._pending.pop(0)
+            values = checks.tolist()
+            outputs, gradients = values[: len(values) - len(owners)], values[len(values) - len(owners) :]
+            bad_output = next((index for index in ran if outputs and not math.isfinite(outputs[index])), None)
+            bad_grads = {owner for owner, value in zip(owners, gradients) if not math.isfinite(value)}
+            bad_grad = next(iter(backward_order(ran, sorted(bad_grads))), None)
+            for what, first in (("output", bad_output), ("parameter gradient", bad_grad)):
                 if first is not None:
                     raise NonFiniteError(
                         f"nan_guard: at step {step}, the {what} of module {self._names[first]!r} is not finite (NaN or inf); "
                         "lower the learning rate, clip gradients (plugins=[grad_clip]) or check the data"
                     )
+
+
+def backward_order(forward: list[int], graded: list[int]) -> list[int]:
+    """The modules of ``graded`` in the order backward reached them: the reverse of their first calls in ``forward``
+    (those that never returned a tensor last)."""
+    ran = list(dict.fromkeys(forward))[::-1]
+    return [index for index in ran if index in graded] + [index for index in graded if index not in ran]

@@ -25,7 +25,10 @@ def wait_for(condition, seconds=240):
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_one_run_per_directory(tmp_path):
-    first = subprocess.Popen([sys.executable, *LONG, f"hydra.run.dir={tmp_path}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # 400 epochs: still training while the second run starts, however slowly (40 epochs could end first on a busy machine)
+    first = subprocess.Popen(
+        [sys.executable, *LONG, "trainer.max_epochs=400", f"hydra.run.dir={tmp_path}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for(lambda: (tmp_path / "checkpoints" / "last.ckpt").exists())  # the first run is training
         second = run_cli(*LONG, f"hydra.run.dir={tmp_path}")
@@ -41,7 +44,9 @@ def test_one_run_per_directory(tmp_path):
     fresh = run_cli(*LONG, f"hydra.run.dir={tmp_path}")  # the first has ended: its outputs are still not to be overwritten
     assert fresh.returncode == 1
     assert f"holds an earlier run's checkpoints; resume it with ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}" in fresh.stderr
-    resumed = run_cli(*LONG, f"hydra.run.dir={tmp_path}", f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}")
+    resumed = run_cli(  # the schedule of the first run's 400 epochs, for 3 more seconds
+        *LONG, "trainer.max_epochs=400", "trainer.max_time=00:00:00:03", f"hydra.run.dir={tmp_path}", f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (tmp_path / "model.pt").is_file()
 

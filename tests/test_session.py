@@ -255,6 +255,23 @@ def test_an_exception_in_update_names_the_plugin():
         fit([BrokenUpdate(name="broken", targets=["head"])])
 
 
+def test_gradients_ready_runs_once_per_active_step_after_the_per_module_calls_and_errors_name_the_plugin():
+    class Ready(HookPlugin):
+        calls = []
+
+        def before_optimizer_step(self, ctx, module):
+            self.calls.append((self.info.step, ctx.module_name, module.weight.grad is not None))
+
+        def gradients_ready(self):
+            self.calls.append((self.info.step, "ready"))
+            if self.info.step == 4:
+                raise KeyError("late")
+
+    with pytest.raises(PluginHookError, match=r"plugin 'ready' failed at step 4 in its gradients_ready: KeyError: 'late'"):
+        fit([Ready(name="ready", targets=["fc1", "head"], every_n_steps=2)], steps=5)
+    assert Ready.calls == [call for step in (0, 2, 4) for call in ((step, "fc1", True), (step, "head", True), (step, "ready"))]
+
+
 class SharedLayer(nn.Module):
     """One Linear called twice per forward, reachable as ``first`` and as ``again`` (the tutorials' FixedHiddenMLP)."""
 

@@ -1,5 +1,6 @@
 """weight_stats, module_timer and nan_guard against hand computations."""
 
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -76,11 +77,53 @@ def infinite_gradient_step(scaler=None):
         session.info.scaler = scaler
         with session.step(0):  # nan_guard checks when the step finishes
             (model(torch.randn(2, 4)) * float("inf")).sum().backward()
+            session.before_optimizer_step()
 
 
 def test_nan_guard_names_where_a_bad_gradient_entered():
-    with pytest.raises(NonFiniteError, match=r"the gradient at the output of module 'head'"):
+    with pytest.raises(NonFiniteError, match=r"the parameter gradient of module 'head'"):
         infinite_gradient_step()
+
+
+class SquareRoot(torch.nn.Module):
+    def forward(self, x):
+        return x.abs().sqrt()
+
+
+def test_nan_guard_names_where_a_bad_gradient_entered_mid_model():
+    """``sqrt``'s gradient at 0 is infinite: fc1's parameter gradients turn non-finite, the head's stay finite."""
+    model = torch.nn.Sequential(OrderedDict(fc1=torch.nn.Linear(4, 3), root=SquareRoot(), head=torch.nn.Linear(3, 2)))
+    torch.nn.init.zeros_(model.fc1.weight)
+    torch.nn.init.zeros_(model.fc1.bias)
+    with pytest.raises(NonFiniteError, match=r"at step 0, the parameter gradient of module 'fc1' is not finite"):
+        with HookSession(model, [NanGuard(name="nan_guard")]) as session, session.step(0):
+            model(torch.randn(2, 4)).sum().backward()
+            assert model.head.weight.grad.isfinite().all()
+            session.before_optimizer_step()
+
+
+def test_nan_guard_checks_each_parameter_gradient_of_a_module():
+    model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)
+    with pytest.raises(NonFiniteError, match=r"the parameter gradient of module 'head'"):
+        with HookSession(model, [NanGuard(name="nan_guard")]) as session, session.step(0):
+            model(torch.randn(2, 4)).sum().backward()
+            model.head.bias.grad[1] = float("nan")  # the weight's gradient stays finite
+            session.before_optimizer_step()
+
+
+def test_nan_guard_sums_half_precision_outputs_in_float32():
+    model = MLP(in_features=4, hidden_sizes=[64], num_classes=2).half()
+    torch.nn.init.ones_(model.fc1.weight)
+    with HookSession(model, [NanGuard(name="nan_guard")]) as session, session.step(0):
+        output = model.fc1(torch.full((64, 4), 100.0, dtype=torch.half))
+        assert output.isfinite().all() and output.sum().isinf()  # 4096 values near 400: past fp16's largest, 65504
+    assert session.state.nan_guard.checked_steps.item() == 1
+
+
+def test_nan_guard_says_which_selected_modules_it_checks_outputs_of_only(caplog):
+    model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)
+    HookSession(model, [NanGuard(name="nan_guard", targets=["act1", "head"])]).setup()
+    assert "nan_guard checks the outputs of ['act1'], modules without parameters, but not their gradients" in caplog.text
 
 
 def test_nan_guard_leaves_overflowing_fp16_gradients_to_the_grad_scaler():
@@ -94,9 +137,12 @@ def test_nan_guard_logs_the_largest_magnitudes_on_logging_steps_and_catches_a_lo
     with HookSession(model, [NanGuard(name="nan_guard", log_every_n_steps=2)], writers=[writer]) as session:
         for step in range(3):
             with session.step(step):
+                model.zero_grad()
                 model(x).sum().backward()
+                session.before_optimizer_step()
         assert writer.scalars_at[0]["watch/nan_guard/output_absmax/fc1"] == pytest.approx(model.fc1(x).abs().max().item())
-        assert writer.scalars_at[0]["watch/nan_guard/grad_absmax/head"] == 1.0  # d sum / d output
+        head_absmax = max(param.grad.abs().max().item() for param in model.head.parameters())  # each step's gradient alike
+        assert writer.scalars_at[0]["watch/nan_guard/grad_absmax/head"] == pytest.approx(head_absmax)
         assert 1 not in writer.scalars_at and "watch/nan_guard/output_absmax/fc1" in writer.scalars_at[2]
         with torch.no_grad():
             model.fc1.bias[0] = -float("inf")  # one column of -inf: the largest value stays finite
@@ -110,10 +156,11 @@ def test_nan_guard_hears_of_a_nan_in_another_process():
         other[-1] = float("nan")
         return tensor + other if op == "sum" else torch.fmax(tensor, other)
 
-    model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)
-    with pytest.raises(NonFiniteError, match=r"the gradient at the output of module 'head'"):
+    model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)  # outputs differ between processes (gradients do not: DDP averages them)
+    with pytest.raises(NonFiniteError, match=r"the output of module 'head'"):
         with HookSession(model, [NanGuard(name="nan_guard")], all_reduce=other_rank_nan_last) as session, session.step(0):
             model(torch.randn(2, 4)).sum().backward()
+            session.before_optimizer_step()
 
 
 def test_nan_guard_is_silent_on_healthy_steps():

@@ -25,6 +25,7 @@ from hooktrain.errors import HooktrainError, check_positive_int
 from hooktrain.stats import StepStats
 
 HOOK_KINDS = ("forward_pre", "forward", "backward_pre", "backward", "output_grad")
+STEP_METHODS = ("before_optimizer_step", "after_optimizer_step")  # called by the session per selected module, not registered
 PHASES = ("train", "validate", "test", "predict", "analyze")  # analyze: python -m hooktrain analyze
 
 
@@ -211,8 +212,9 @@ class HookPlugin:
         return ctx.phase != "train" or self.is_logging(ctx.step)
 
     def hook_kinds(self) -> list[str]:
-        """The hook kinds this plugin overrides: exactly those get registered."""
-        return [kind for kind in HOOK_KINDS if self.overrides(kind)]
+        """The hooks and step methods this plugin overrides: exactly those get registered or called (a plugin whose
+        settings leave one idle returns less: no empty call per module and step)."""
+        return [kind for kind in (*HOOK_KINDS, *STEP_METHODS, "gradients_ready") if self.overrides(kind)]
 
     def overrides(self, method: str) -> bool:
         """Whether this plugin's class overrides a method of HookPlugin."""
@@ -246,6 +248,14 @@ class HookPlugin:
 
     def after_optimizer_step(self, ctx: HookContext, module: nn.Module) -> None:
         """Called on active steps for each selected module, after the optimizer updated the parameters."""
+
+    def gradients_ready(self) -> None:
+        """Called once on active training steps, after ``before_optimizer_step``, with the gradients final and unscaled.
+
+        For work on every selected module at once: one ``torch._foreach_*`` call over all their gradients costs a
+        fraction of a call per module. The plugin keeps what it needs from ``setup``'s ``modules``, and what it
+        computes, for its ``update``.
+        """
 
     # State: buffers on a small module, the session's ``state[name]`` (``plugin_state.<name>`` in a Lightning checkpoint).
 

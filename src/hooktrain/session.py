@@ -16,7 +16,7 @@ from torch.utils.hooks import RemovableHandle
 
 from hooktrain.errors import HooktrainError, PluginHookError
 from hooktrain.figures import layer_picture, to_image
-from hooktrain.plugin import PHASES, HookContext, HookPlugin, StepInfo
+from hooktrain.plugin import PHASES, STEP_METHODS, HookContext, HookPlugin, StepInfo
 from hooktrain.select import module_names, select_modules
 from hooktrain.stats import AllReduce, StepStats, append_column_
 from hooktrain.writers import Writer
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 # PyTorch warns once. Expected: plugins read grad_output for "the gradient at this layer".
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to module outputs")
 
-_STEP_METHODS = ("before_optimizer_step", "after_optimizer_step")
 _UNCOMPILABLE = ("backward_pre", "backward")  # full backward hooks: torch.compile then runs the whole model eagerly
 PICTURE_COLUMNS = 100  # logging steps a layer picture shows (the last ones)
 DRAWS_PER_FIT = 4  # a picture holds every logging step so far: a few drawings a fit tell the story, and each costs ~0.1 s
@@ -175,7 +174,9 @@ class HookSession:
         self._all_reduce = all_reduce
         self._contexts: dict[str, list[tuple[nn.Module, HookContext]]] = {}
         self._stats: dict[str, StepStats] = {}
-        self._hooks: dict[str, list[tuple[nn.Module, _Hook]]] = {}
+        self._hooks: dict[str, list[tuple[nn.Module, _Hook]]] = {}  # registered on modules
+        self._step_calls: dict[str, list[tuple[nn.Module, _Hook]]] = {}  # called per module by before/after_optimizer_step
+        self._kinds: dict[str, list[str]] = {}  # each plugin's hook_kinds()
         self._handles: dict[str, list[RemovableHandle]] = {}
         self._gates = {name: _Gate() for name in names}
         self._active: set[str] = set()
@@ -213,11 +214,15 @@ class HookSession:
                 (module, HookContext(name, index, stats, self.info, self.state[plugin.name])) for index, (name, module) in enumerate(selected)
             ]
             gate = self._gates[plugin.name]
-            self._hooks[plugin.name] = [
-                (module, _Hook(plugin, kind, ctx, gate, compiled=self.compiled))
+            self._kinds[plugin.name] = plugin.hook_kinds()
+            hooks = [
+                (module, _Hook(plugin, kind, ctx, gate, compiled=self.compiled and kind not in STEP_METHODS))
                 for module, ctx in self._contexts[plugin.name]
-                for kind in plugin.hook_kinds()
+                for kind in self._kinds[plugin.name]
+                if kind != "gradients_ready"
             ]
+            self._hooks[plugin.name] = [(module, hook) for module, hook in hooks if hook.kind not in STEP_METHODS]
+            self._step_calls[plugin.name] = [(module, hook) for module, hook in hooks if hook.kind in STEP_METHODS]
         if self.compiled:  # in place before torch.compile traces the model; closed until a step opens them
             for plugin in self.plugins:
                 self.attach(plugin)
@@ -282,9 +287,14 @@ class HookSession:
             self._activate(due)
 
     def before_optimizer_step(self) -> None:
-        """The step's gradients are final (and unscaled): calls the active plugins' ``before_optimizer_step``."""
-        if self._active:
-            self._call_per_module("before_optimizer_step")
+        """The step's gradients are final (and unscaled): the active plugins' ``before_optimizer_step`` per module, then
+        their ``gradients_ready``."""
+        if not self._active:
+            return
+        self._call_per_module("before_optimizer_step")
+        for plugin in self.plugins:
+            if plugin.name in self._active and "gradients_ready" in self._kinds[plugin.name]:
+                self._run_plugin(plugin, f"at step {self.info.step} in its gradients_ready", plugin.gradients_ready)
 
     def finish_step(self) -> None:
         """The optimizer step is done: ``after_optimizer_step``, then statistics into buffers and, on logging steps, to the writers."""
@@ -415,9 +425,22 @@ class HookSession:
 
     def _call_per_module(self, method: str) -> None:
         for plugin in self.plugins:
-            if plugin.name in self._active and plugin.overrides(method):
-                for module, ctx in self._contexts[plugin.name]:
-                    _Hook(plugin, method, ctx, self._gates[plugin.name])(module)
+            if plugin.name in self._active:
+                for module, hook in self._step_calls[plugin.name]:
+                    if hook.kind == method:
+                        hook(module)
+
+    def _run_plugin(self, plugin: HookPlugin, where: str, method: Any, *args: Any) -> Any:
+        """``method(*args)``, charged to the plugin's time; an error names the plugin and ``where``."""
+        start = time.perf_counter()
+        try:
+            return method(*args)
+        except HooktrainError:
+            raise  # a plugin's own verdict, such as nan_guard's, reads as it is
+        except Exception as error:
+            raise PluginHookError(f"plugin {plugin.name!r} failed {where}: {type(error).__name__}: {error}") from error
+        finally:
+            self.info.charge(plugin.name, start)
 
     def _flush(self, plugins: list[HookPlugin], train: bool) -> dict[str, float]:
         """Combines the statistics over calls and processes; in training folds them into buffers; writes on logging steps.
@@ -428,15 +451,10 @@ class HookSession:
         for plugin in plugins:
             stats = self._stats[plugin.name]
             combined = stats.combined(all_reduce)
-            start = time.perf_counter()
-            try:
-                extra = plugin.update(self.state[plugin.name], combined) if train else plugin.end_phase(combined)
-            except HooktrainError:
-                raise  # a plugin's own verdict, such as nan_guard's, reads as it is
-            except Exception as error:
-                where = f"at step {self.info.step} in its update" if train else f"at the end of {self.info.phase}"
-                raise PluginHookError(f"plugin {plugin.name!r} failed {where}: {type(error).__name__}: {error}") from error
-            self.info.charge(plugin.name, start)
+            if train:
+                extra = self._run_plugin(plugin, f"at step {self.info.step} in its update", plugin.update, self.state[plugin.name], combined)
+            else:
+                extra = self._run_plugin(plugin, f"at the end of {self.info.phase}", plugin.end_phase, combined)
             if train:
                 self._plugin_seconds[plugin.name] = self._plugin_seconds.get(plugin.name, 0.0) + self.info.seconds.get(plugin.name, 0.0)
             if plugin in writing:
@@ -572,7 +590,7 @@ class HookSession:
         calls = self._first_calls if self._first_calls is not None else self._call_counts()
         entries: dict[int, list[str]] = {}
         for plugin in self.plugins:
-            kinds = ", ".join(plugin.hook_kinds() + [method for method in _STEP_METHODS if plugin.overrides(method)]) or "update only"
+            kinds = ", ".join(plugin.hook_kinds()) or "update only"
             cadence = f"every {plugin.every_n_steps} steps" + ("" if plugin.phases == ("train",) else f"; {', '.join(plugin.phases)}")
             for module, _ in self._contexts[plugin.name]:
                 entries.setdefault(id(module), []).append(f"{plugin.name}: {kinds} ({cadence})")

@@ -71,6 +71,16 @@ def count_indices(index: Tensor, size: int) -> Tensor:
     return torch.zeros(size, device=index.device).scatter_add_(0, index, torch.ones(index.shape, device=index.device))
 
 
+def cpu_value(value: Tensor) -> float | None:
+    """The number in a one-element tensor when reading it costs no sync (the tensor is on the CPU), else None.
+
+    For work a number can skip where it is free to read (grad_clip: no pass over a gradient that needs no
+    clipping); on an accelerator the caller keeps to tensors. ``hooktrain.testing``'s host-sync check lets
+    this read pass, since on an accelerator it never happens.
+    """
+    return value.item() if value.device.type == "cpu" else None
+
+
 def absmax(values: Tensor) -> Tensor:
     """The largest ``|value|``; NaN if any value is NaN, inf if any is infinite (as ``vector_norm(x, inf)``).
 

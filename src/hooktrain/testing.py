@@ -40,6 +40,7 @@ import hooktrain
 from hooktrain.registry import example_overrides, plugin_class, settings_overrides
 from hooktrain.run import build_run
 from hooktrain.session import _Hook, _OutputGradHook
+from hooktrain.stats import cpu_value
 
 SMALL = [
     "model=mlp", "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
@@ -306,6 +307,8 @@ def _counting_host_reads(watched: tuple[str, ...]) -> Iterator[_HostReads]:
 
     def counting(method: str, original: Any) -> Any:
         def counted(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if sys._getframe(1).f_code is cpu_value.__code__:  # reads only where free: never on an accelerator
+                return original(tensor, *args, **kwargs)
             in_hook, in_watched = _where(sys._getframe(1), watched)
             if in_watched:
                 reads.anywhere[(reads.step, method)] += 1
