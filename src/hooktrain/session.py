@@ -453,10 +453,9 @@ class HookSession:
             combined = stats.combined(all_reduce)
             if train:
                 extra = self._run_plugin(plugin, f"at step {self.info.step} in its update", plugin.update, self.state[plugin.name], combined)
+                self._plugin_seconds[plugin.name] = self._plugin_seconds.get(plugin.name, 0.0) + self.info.seconds.get(plugin.name, 0.0)
             else:
                 extra = self._run_plugin(plugin, f"at the end of {self.info.phase}", plugin.end_phase, combined)
-            if train:
-                self._plugin_seconds[plugin.name] = self._plugin_seconds.get(plugin.name, 0.0) + self.info.seconds.get(plugin.name, 0.0)
             if plugin in writing:
                 if train:
                     self._remember(plugin, {**combined, **extra})
