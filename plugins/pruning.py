@@ -37,7 +37,8 @@ class Pruning(HookPlugin):
     validation and test alike), so a checkpoint holds both and a resumed run continues the schedule.
     On active steps the target sparsity follows the cubic schedule of Zhu & Gupta (2017) from
     ``start`` to ``end`` and the masks are recomputed in place from the masked weights, so a pruned
-    weight stays pruned. The exported ``model.pt`` has pruning made permanent (``export``):
+    weight stays pruned; where the target stays put (before ``start``, after ``end``) they would not
+    change, and are not recomputed. The exported ``model.pt`` has pruning made permanent (``export``):
     plain ``weight`` tensors with zeros, no ``_orig``/``_mask`` keys.
 
     Methods: ``l1_unstructured`` (smallest \\|w\\| per layer, ``prune.L1Unstructured``),
@@ -82,6 +83,7 @@ class Pruning(HookPlugin):
         self.start, self.end = (self._check_when(key, value) for key, value in (("start", start), ("end", end)))
         self.method, self.parameter, self.n, self.dim = method, parameter, check_positive_int(self.field("n"), n), dim
         self._modules: dict[str, nn.Module] = {}
+        self._applied_target: float | None = None  # the target the masks hold, once this process has set them
 
     def setup(self, state: nn.Module, modules: dict[str, nn.Module]) -> None:
         for name, module in modules.items():
@@ -96,17 +98,21 @@ class Pruning(HookPlugin):
             if not hasattr(module, f"{self.parameter}_mask"):
                 prune.identity(module, self.parameter)
             self._refresh(module)
-        self._modules = modules
+        self._modules, self._applied_target = modules, None
         state.register_buffer("target_sparsity", torch.zeros(()))
 
     def update(self, state: nn.Module, stats: dict[str, Tensor]) -> dict[str, Tensor]:
         steps_done = self.info.step + 1
         target = cubic_sparsity(steps_done, self.amount, self._resolve("start", self.start), self._resolve("end", self.end))
-        state.target_sparsity.fill_(target)
-        with torch.no_grad():
-            for module, mask in zip(self._modules.values(), self._new_masks(target)):
-                getattr(module, f"{self.parameter}_mask").copy_(mask)
-                self._refresh(module)
+        if target != self._applied_target:  # at a constant target (before `start`, after `end`) the masks are a fixed point
+            state.target_sparsity.fill_(target)
+            with torch.no_grad():
+                for module, mask in zip(self._modules.values(), self._new_masks(target)):
+                    getattr(module, f"{self.parameter}_mask").copy_(mask)
+                    self._refresh(module)
+            self._applied_target = target
+        if not self.is_logging(self.info.step):
+            return {}
         masks = [getattr(module, f"{self.parameter}_mask") for module in self._modules.values()]
         sparsity = torch.stack([1 - mask.float().mean() for mask in masks])
         overall = 1 - sum(mask.sum() for mask in masks) / sum(mask.numel() for mask in masks)

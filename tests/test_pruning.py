@@ -45,6 +45,25 @@ def test_unstructured_masks_reach_the_target_and_never_regrow(method):
         assert (module.weight_mask <= mask).all()  # a pruned weight stays pruned
 
 
+def test_masks_are_recomputed_while_the_target_moves_and_stats_come_on_logging_steps(monkeypatch):
+    plugin, state, model = setup_plugin("global_unstructured", amount=0.5, log_every_n_steps=2)
+    targets = []
+    new_masks = plugin._new_masks
+    monkeypatch.setattr(plugin, "_new_masks", lambda target: targets.append(target) or new_masks(target))
+    logged = []
+    for step in range(4):  # end=1: the full amount from step 0 on
+        plugin.info.step = step
+        logged.append(sorted(plugin.update(state, {})))
+    assert targets == [0.5]
+    assert logged == [["overall_sparsity", "sparsity", "target_sparsity"], [], ["overall_sparsity", "sparsity", "target_sparsity"], []]
+    fresh = MLP(in_features=6, hidden_sizes=[8], num_classes=4)  # the same plugin set up again, for another fit
+    plugin.setup(state := nn.Module(), {"fc1": fresh.fc1, "head": fresh.head})
+    plugin.update(state, {})
+    masks = (fresh.fc1.weight_mask, fresh.head.weight_mask)
+    assert targets == [0.5, 0.5]
+    assert 1 - sum(mask.sum() for mask in masks).item() / sum(mask.numel() for mask in masks) == pytest.approx(0.5, abs=0.01)
+
+
 def test_l1_prunes_the_smallest_magnitudes():
     plugin, state, model = setup_plugin("l1_unstructured", amount=0.5)
     plugin.info.step = 0
