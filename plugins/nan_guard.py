@@ -30,7 +30,8 @@ class NanGuard(HookPlugin):
     reverse of forward order: where the bad gradient entered). Logged, on logging steps: ``output_absmax``
     and ``grad_absmax``, the largest ``|value|`` of the output and of the parameters' gradients.
     Under fp16 mixed precision only outputs are checked: there a GradScaler makes early steps
-    overflow on purpose, then skips them and lowers its scale.
+    overflow on purpose, then skips them and lowers its scale. In the evaluation phases it is given
+    (``phases: [train, validate]``) the outputs of the whole phase are checked when it ends.
 
     Buffers: ``checked_steps``, the steps checked so far.
 
@@ -102,6 +103,19 @@ class NanGuard(HookPlugin):
         self._pending.append((checks, event, ran, [] if grads is None else grads[1], self.info.step))
         self._check()
         return logged
+
+    def end_phase(self, stats: dict[str, Tensor]) -> dict[str, Tensor]:
+        ran, self._ran = self._ran, []
+        outputs = stats.get("_output_check")  # summed over the phase's batches: not finite if any value was not
+        if outputs is not None:
+            values = outputs.tolist()  # once a phase: no step waits for it
+            first = next((index for index in dict.fromkeys(ran) if not math.isfinite(values[index])), None)
+            if first is not None:
+                raise NonFiniteError(
+                    f"nan_guard: in the {self.info.phase} phase after step {self.info.step}, the output of module {self._names[first]!r} "
+                    f"is not finite (NaN or inf); check the {self.info.phase} data, or the weights trained so far"
+                )
+        return {}
 
     def _check(self) -> None:
         while self._pending and (self._pending[0][1] is None or self._pending[0][1].query()):

@@ -163,6 +163,22 @@ def test_nan_guard_hears_of_a_nan_in_another_process():
             session.before_optimizer_step()
 
 
+def test_nan_guard_checks_the_evaluation_phases_it_is_given():
+    model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)
+    guard = NanGuard(name="nan_guard", phases=["train", "validate"])
+    with HookSession(model, [guard]) as session:
+        for _ in range(2):  # healthy phases pass
+            with torch.no_grad(), session.evaluating("validate"):
+                model(torch.randn(2, 4))
+        assert not guard._ran  # what a phase's calls were is dropped when it ends: a long one does not grow it
+        with torch.no_grad():
+            model.fc1.bias[0] = float("nan")  # fc1's output and, through it, the head's: the first in forward order is named
+        with pytest.raises(NonFiniteError, match=r"in the validate phase after step 0, the output of module 'fc1' is not finite"):
+            with torch.no_grad(), session.evaluating("validate"):
+                model(torch.randn(2, 4))
+                model(torch.randn(2, 4))
+
+
 def test_nan_guard_is_silent_on_healthy_steps():
     task, _ = fit([NanGuard(name="nan_guard")], steps=4)
     assert task.plugin_state.nan_guard.checked_steps.item() == 4
