@@ -7,7 +7,7 @@ from torch import nn
 from hooktrain.figures import to_image
 from hooktrain.plugin import HookContext, StepInfo
 from hooktrain.stats import StepStats
-from plugins.activation_logger import ActivationLogger, rebin, stats_for
+from plugins.activation_logger import ActivationLogger, rebin, stats_for, std_mean
 from test_session import fit
 
 
@@ -37,6 +37,13 @@ def test_relu_statistics_match_a_hand_computation():
     assert stats["zero_fraction"].item() == pytest.approx(3 / 6) and stats["dead_fraction"].item() == pytest.approx(1 / 3)
 
 
+def test_std_is_exact_for_values_far_from_zero_and_zero_for_one_value():
+    x = (1e4 + 0.1 * torch.randn(1000, dtype=torch.float64)).float()  # a sum of squares minus the squared sum would cancel
+    std, mean = std_mean(x.view(10, 100))
+    assert std.item() == pytest.approx(x.double().std().item(), rel=1e-4) and mean.item() == pytest.approx(x.double().mean().item())
+    assert [value.item() for value in std_mean(torch.tensor([[2.5]]))] == [0.0, 2.5]
+
+
 def test_dead_units_are_channels_of_a_conv_output():
     x = torch.rand(4, 3, 5, 5)
     x[:, 1] = 0
@@ -44,9 +51,15 @@ def test_dead_units_are_channels_of_a_conv_output():
     assert stats["dead_fraction"].item() == pytest.approx(1 / 3)
 
 
-def test_saturation_counts_values_near_either_bound_of_a_bounded_activation():
-    x = torch.tensor([-0.99, -0.5, 0.0, 0.97, 0.985, 1.0])  # tanh: within 0.01 * 2 of -1 or 1
-    stats, _ = recorded(ActivationLogger(name="a", saturation=0.01), nn.Tanh(), x.view(1, -1))
+@pytest.mark.parametrize(
+    "module, x",
+    [
+        (nn.Tanh(), [-0.99, -0.5, 0.0, 0.97, 0.985, 1.0]),  # within 0.01 * 2 of -1 or 1
+        (nn.Sigmoid(), [0.005, 0.3, 0.5, 0.98, 0.995, 1.0]),  # within 0.01 of 0 or 1
+    ],
+)
+def test_saturation_counts_values_near_either_bound_of_a_bounded_activation(module, x):
+    stats, _ = recorded(ActivationLogger(name="a", saturation=0.01), module, torch.tensor(x).view(1, -1))
     assert stats["saturated_fraction"].item() == pytest.approx(3 / 6)
     assert "zero_fraction" not in stats
 
