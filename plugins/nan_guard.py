@@ -108,8 +108,7 @@ class NanGuard(HookPlugin):
         ran, self._ran = self._ran, []
         outputs = stats.get("_output_check")  # summed over the phase's batches: not finite if any value was not
         if outputs is not None:
-            values = outputs.tolist()  # once a phase: no step waits for it
-            first = next((index for index in dict.fromkeys(ran) if not math.isfinite(values[index])), None)
+            first = first_not_finite(ran, outputs.tolist())  # once a phase: no step waits for it
             if first is not None:
                 raise NonFiniteError(
                     f"nan_guard: in the {self.info.phase} phase after step {self.info.step}, the output of module {self._names[first]!r} "
@@ -122,7 +121,7 @@ class NanGuard(HookPlugin):
             checks, _, ran, owners, step = self._pending.pop(0)
             values = checks.tolist()
             outputs, gradients = values[: len(values) - len(owners)], values[len(values) - len(owners) :]
-            bad_output = next((index for index in ran if outputs and not math.isfinite(outputs[index])), None)
+            bad_output = first_not_finite(ran, outputs) if outputs else None
             bad_grads = {owner for owner, value in zip(owners, gradients) if not math.isfinite(value)}
             bad_grad = next(iter(backward_order(ran, sorted(bad_grads))), None)
             for what, first in (("output", bad_output), ("parameter gradient", bad_grad)):
@@ -131,6 +130,11 @@ class NanGuard(HookPlugin):
                         f"nan_guard: at step {step}, the {what} of module {self._names[first]!r} is not finite (NaN or inf); "
                         "lower the learning rate, clip gradients (plugins=[grad_clip]) or check the data"
                     )
+
+
+def first_not_finite(order: list[int], values: list[float]) -> int | None:
+    """The first module of ``order`` (indices into ``values``) whose value is NaN or inf."""
+    return next((index for index in order if not math.isfinite(values[index])), None)
 
 
 def backward_order(forward: list[int], graded: list[int]) -> list[int]:

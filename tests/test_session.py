@@ -255,6 +255,21 @@ def test_an_exception_in_update_names_the_plugin():
         fit([BrokenUpdate(name="broken", targets=["head"])])
 
 
+def test_an_exception_at_the_end_of_an_evaluation_phase_names_the_plugin_and_the_phase():
+    class BrokenEnd(HookPlugin):
+        def forward(self, ctx, module, args, output):
+            ctx.record("x", output.mean())
+
+        def end_phase(self, stats):
+            raise KeyError("missing")
+
+    model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)
+    with HookSession(model, [BrokenEnd(name="broken", targets=["head"], phases=["validate"])]) as session:
+        with pytest.raises(PluginHookError, match=r"plugin 'broken' failed at the end of validate: KeyError: 'missing'"):
+            with torch.no_grad(), session.evaluating("validate"):
+                model(torch.randn(2, 4))
+
+
 def test_gradients_ready_runs_once_per_active_step_after_the_per_module_calls_and_errors_name_the_plugin():
     class Ready(HookPlugin):
         calls = []

@@ -294,7 +294,7 @@ class HookSession:
         self._call_per_module("before_optimizer_step")
         for plugin in self.plugins:
             if plugin.name in self._active and "gradients_ready" in self._kinds[plugin.name]:
-                self._run_plugin(plugin, f"at step {self.info.step} in its gradients_ready", plugin.gradients_ready)
+                self._run_plugin(plugin, "gradients_ready")
 
     def finish_step(self) -> None:
         """The optimizer step is done: ``after_optimizer_step``, then statistics into buffers and, on logging steps, to the writers."""
@@ -430,14 +430,15 @@ class HookSession:
                     if hook.kind == method:
                         hook(module)
 
-    def _run_plugin(self, plugin: HookPlugin, where: str, method: Any, *args: Any) -> Any:
-        """``method(*args)``, charged to the plugin's time; an error names the plugin and ``where``."""
+    def _run_plugin(self, plugin: HookPlugin, method: str, *args: Any) -> Any:
+        """``plugin.<method>(*args)``, charged to the plugin's time; an error names the plugin, the method and the step or phase."""
         start = time.perf_counter()
         try:
-            return method(*args)
+            return getattr(plugin, method)(*args)
         except HooktrainError:
             raise  # a plugin's own verdict, such as nan_guard's, reads as it is
         except Exception as error:
+            where = f"at step {self.info.step} in its {method}" if self.info.phase == "train" else f"at the end of {self.info.phase}"
             raise PluginHookError(f"plugin {plugin.name!r} failed {where}: {type(error).__name__}: {error}") from error
         finally:
             self.info.charge(plugin.name, start)
@@ -452,10 +453,10 @@ class HookSession:
             stats = self._stats[plugin.name]
             combined = stats.combined(all_reduce)
             if train:
-                extra = self._run_plugin(plugin, f"at step {self.info.step} in its update", plugin.update, self.state[plugin.name], combined)
+                extra = self._run_plugin(plugin, "update", self.state[plugin.name], combined)
                 self._plugin_seconds[plugin.name] = self._plugin_seconds.get(plugin.name, 0.0) + self.info.seconds.get(plugin.name, 0.0)
             else:
-                extra = self._run_plugin(plugin, f"at the end of {self.info.phase}", plugin.end_phase, combined)
+                extra = self._run_plugin(plugin, "end_phase", combined)
             if plugin in writing:
                 if train:
                     self._remember(plugin, {**combined, **extra})
