@@ -2,10 +2,13 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ON_CPU_AND_CUDA, every_plugin, run_cli
 from hooktrain import HooktrainError, train
+from hooktrain.data import DigitsDataModule
+from hooktrain.models import MLP
 from hooktrain.testing import identical
 
 NOT_REPRODUCIBLE = ("plugin_state.module_timer.",)  # wall-clock times
@@ -127,6 +130,7 @@ def test_ddp_on_two_cpu_processes_with_every_plugin(tmp_path):
         "train.py", "trainer=fabric", "trainer.strategy=ddp", "trainer.devices=2", "model=mlp", "trainer.max_epochs=1",
         "trainer.limit_train_batches=6", "trainer.enable_progress_bar=false", *every_plugin(log_every_n_steps=1),
         "plugins.pruning.start=0", "plugins.pruning.end=4", "plugins.pruning.amount=0.5", f"hydra.run.dir={tmp_path}",
+        "plugins.ablate.phases=[train]",  # the test below is then the exported model's
     )
     assert result.returncode == 0, result.stderr[-3000:]
     writers = {path.name.split(".")[-2] for path in (tmp_path / "tensorboard").glob("events.*")}
@@ -139,6 +143,16 @@ def test_ddp_on_two_cpu_processes_with_every_plugin(tmp_path):
     assert state["plugin_state.pruning.target_sparsity"].item() == pytest.approx(0.5)
     events = scalars(tmp_path)
     assert [step for step, _ in events["test/acc"]] == [6]
+    # The test metrics sum both processes' halves of the test set: they are the saved model's on the whole set.
+    data = DigitsDataModule(image_size=8, seed=0)
+    data.setup("test")
+    images, labels = data.test_dataloader().dataset.tensors
+    model = MLP(in_features=64, hidden_sizes=[128, 64], num_classes=10).eval()  # conf/model/mlp.yaml
+    model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    with torch.no_grad():
+        logits = model(images)
+    assert events["test/acc"][0][1] == pytest.approx((logits.argmax(dim=1) == labels).float().mean().item(), abs=1e-6)
+    assert events["test/loss"][0][1] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-4)
 
 
 def test_the_csv_logger_gets_the_same_metrics(make_cfg, tmp_path):

@@ -1,11 +1,14 @@
-"""TensorBoard event files written with google-crc32c's checksums read back through TensorBoard's own checks."""
+"""TensorBoard event files written with google-crc32c's checksums, and by the training thread where they are local,
+read back through TensorBoard's own checks."""
 
 import os
 
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
 from tensorboard.summary.writer import record_writer
+from torch.utils.tensorboard import SummaryWriter
 
-from hooktrain.writers import TensorBoardWriter, masked_crc32c
+from hooktrain import writers
+from hooktrain.writers import DirectRecordWriter, TensorBoardWriter, masked_crc32c, use_fast_event_files
 from test_train import read_events
 
 
@@ -24,3 +27,24 @@ def test_a_writer_puts_fast_checksums_in_place_and_tensorboard_reads_its_events(
     events = read_events(tmp_path)  # TensorBoard's reader checks each record's checksums, in pure Python
     assert [(event.step, event.value) for event in events.Scalars("watch/p/loss")] == [(3, 0.5)]
     assert events.Histograms("watch/p/grad")[0].histogram_value.num == 4.0
+
+
+def test_local_event_files_are_written_by_the_training_thread_and_hold_each_event_at_once(tmp_path):
+    writer = TensorBoardWriter(tmp_path)
+    assert isinstance(writer.experiment._get_file_writer().event_writer._async_writer, DirectRecordWriter)
+    writer.write_scalars({"watch/p/loss": 0.5}, step=3)
+    writer.experiment.add_scalar("train/loss", 0.25, global_step=4)
+    events = read_events(tmp_path)  # no flush: each record is in the file when its call returns
+    assert [(event.step, event.value) for event in events.Scalars("watch/p/loss")] == [(3, 0.5)]
+    assert [(event.step, event.value) for event in events.Scalars("train/loss")] == [(4, 0.25)]
+    writer.experiment.close()
+
+
+def test_remote_event_files_keep_tensorboards_writer_thread():
+    use_fast_event_files()
+    writer = SummaryWriter("memory://hooktrain-test/run")  # fsspec's in-memory file system stands for S3 or GCS
+    assert type(writer._get_file_writer().event_writer._async_writer) is writers._ASYNC_WRITER
+    writer.add_scalar("train/loss", 0.25, global_step=4)
+    writer.close()
+    events = read_events("memory://hooktrain-test/run")
+    assert [(event.step, event.value) for event in events.Scalars("train/loss")] == [(4, 0.25)]

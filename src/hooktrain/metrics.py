@@ -21,7 +21,7 @@ class EpochAccuracy:
 
     def add(self, loss: Tensor, logits: Tensor, targets: Tensor) -> None:
         self._pending.append((loss.detach(), logits.detach(), targets))
-        self.count += len(targets)
+        self.count += targets.shape[0]
         if len(self._pending) >= self.fold_every:
             self._fold()
 
@@ -35,9 +35,11 @@ class EpochAccuracy:
             return
         losses, logits, targets = zip(*self._pending)
         self._pending.clear()
-        sizes = [len(t) for t in targets]
-        loss_sum = sum(  # batch sizes as Python numbers: no host-to-device copy; usually one size, the last batch another
-            torch.stack([loss for loss, n in zip(losses, sizes) if n == size]).float().sum() * size for size in sorted(set(sizes))
-        )
-        correct = (torch.cat(logits).argmax(dim=1) == torch.cat(targets)).sum()
+        by_size: dict[int, list[Tensor]] = {}  # usually one batch size, the last batch another
+        for loss, batch_targets in zip(losses, targets):
+            by_size.setdefault(batch_targets.shape[0], []).append(loss)
+        # Mean losses times their batch size, a Python number: no host-to-device copy.
+        loss_sums = [torch.stack(group).float().sum() * size for size, group in by_size.items()]
+        loss_sum = loss_sums[0] if len(loss_sums) == 1 else torch.stack(loss_sums).sum()
+        correct = torch.cat(logits).argmax(dim=1).eq(torch.cat(targets)).sum()
         self.sums += torch.stack([loss_sum, correct])

@@ -21,7 +21,7 @@ from hooktrain.hparams import run_settings, shown_at_first
 from hooktrain.init import initialize
 from hooktrain.rundir import run_directory
 from hooktrain.validate import check_arguments
-from hooktrain.writers import TensorBoardWriter, use_fast_checksums
+from hooktrain.writers import TensorBoardWriter, use_fast_event_files
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def build_run(cfg: DictConfig) -> Run:
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar it was told not to show
         callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
     logger = build(cfg.logger, "logger")
-    use_fast_checksums()  # the loggers' TensorBoard events too, with or without plugins
+    use_fast_event_files()  # the loggers' TensorBoard events too, with or without plugins
     # Set up now, so a plugin refusing its modules stops the run before training. Without plugins, no callback:
     # Lightning would still call it on every step.
     hooks = HookCallback(plugins, compiled=bool(compiled), model=model) if plugins else None

@@ -9,12 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.compat.tensorflow_stub.io.gfile import LocalFileSystem
+from tensorboard.summary.writer import event_file_writer
+from tensorboard.summary.writer.record_writer import RecordWriter
 from torch import Tensor
 
 try:
     import google_crc32c
 except ImportError:  # a dependency, but TensorBoard writes correct files without it
     google_crc32c = None
+
+_ASYNC_WRITER = event_file_writer._AsyncWriter  # TensorBoard's writer thread, kept for remote files
 
 
 class Writer:
@@ -46,7 +51,7 @@ class TensorBoardWriter(Writer):
     """
 
     def __init__(self, log_dir: str | Path | None = None, summary_writer: Any = None, prefix: str = "") -> None:
-        use_fast_checksums()
+        use_fast_event_files()
         if summary_writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -55,8 +60,8 @@ class TensorBoardWriter(Writer):
         self.prefix = prefix
 
     def write_scalars(self, scalars: dict[str, float], step: int) -> None:
-        """All of a step's scalars as one event: one event per scalar (``add_scalar``) fills the writer's queue
-        and training waits for its thread (a LeNet logging step: 20 ms, 11 ms as one event)."""
+        """All of a step's scalars as one event: 30 scalars take 26 us, against 190 us as 30 ``add_scalar`` events
+        (each a NumPy conversion, an event and a record; 2026-11-24)."""
         values = [Summary.Value(tag=self.prefix + tag, simple_value=value) for tag, value in scalars.items()]
         self.experiment._get_file_writer().add_summary(Summary(value=values), step)
 
@@ -93,6 +98,37 @@ class TensorBoardWriter(Writer):
 
     def flush(self) -> None:
         self.experiment.flush()
+
+
+def use_fast_event_files() -> None:
+    """TensorBoard event files with the same records at a fraction of TensorBoard's own cost: checksums in C
+    (:func:`use_fast_checksums`) and local files written by the training thread (:class:`DirectRecordWriter`).
+    Idempotent; called before any ``SummaryWriter`` is made (a logger makes its own at its first event)."""
+    use_fast_checksums()
+    event_file_writer._AsyncWriter = _record_writer
+
+
+def _record_writer(record_writer: RecordWriter, max_queue_size: int = 10, flush_secs: int = 120) -> Any:
+    """What an ``EventFileWriter`` writes its records with: a :class:`DirectRecordWriter` for a local file,
+    TensorBoard's writer thread for remote storage (S3, fsspec), where a write can take long."""
+    file = record_writer._writer  # the GFile TensorBoard opened (nothing is written to it yet)
+    if isinstance(file.fs, LocalFileSystem):
+        return DirectRecordWriter(file.filename)
+    return _ASYNC_WRITER(record_writer, max_queue_size, flush_secs)
+
+
+class DirectRecordWriter(RecordWriter):
+    """Writes each event record to its local file in the calling thread, one ``write`` call on a file held open.
+
+    Without TensorFlow, TensorBoard hands each record to a writer thread that opens the event file, appends
+    the record and closes the file again, taking the GIL from training meanwhile: ``add_scalar`` took 40 us a
+    record here once records came faster than the thread wrote them, 6 us written directly (2026-11-24). As
+    durable: the record is in the file (a live TensorBoard sees it, a crash keeps it) when ``add_scalar``
+    returns. Records are framed by TensorBoard's own :class:`RecordWriter`.
+    """
+
+    def __init__(self, path: bytes | str) -> None:
+        super().__init__(open(path, "wb", buffering=0))
 
 
 def use_fast_checksums() -> bool:
