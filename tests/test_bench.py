@@ -97,7 +97,7 @@ def test_calls_and_ops_per_step_show_what_each_engine_and_plugin_adds():
     counts = {variant: calls_per_step(ROOT / "conf", "mlp", variant, (), short=5, long=15) for variant in ("raw", "fabric", "hooktrain", "fabric+grad_clip")}
     python = {variant: count["python_calls"] for variant, count in counts.items()}
     ops = {variant: count["torch_ops"] for variant, count in counts.items()}
-    assert python["raw"] < python["fabric"] < 1.5 * python["raw"] < 3 * python["raw"] < python["hooktrain"]
+    assert 0.8 * python["raw"] < python["fabric"] < 1.2 * python["raw"] < 3 * python["raw"] < python["hooktrain"]  # about as many
     assert ops["raw"] <= ops["fabric"] < ops["fabric+grad_clip"]  # clipping 3 layers: a norm and a scaling each, at least
     assert ops["fabric+grad_clip"] - ops["fabric"] >= 3 * 3
 
