@@ -10,8 +10,7 @@ from typing import Any
 
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.compat.tensorflow_stub.io.gfile import LocalFileSystem
-from tensorboard.summary.writer import event_file_writer
-from tensorboard.summary.writer.record_writer import RecordWriter
+from tensorboard.summary.writer import event_file_writer, record_writer
 from torch import Tensor
 
 try:
@@ -108,16 +107,16 @@ def use_fast_event_files() -> None:
     event_file_writer._AsyncWriter = _record_writer
 
 
-def _record_writer(record_writer: RecordWriter, max_queue_size: int = 10, flush_secs: int = 120) -> Any:
+def _record_writer(framer: record_writer.RecordWriter, max_queue_size: int = 10, flush_secs: int = 120) -> Any:
     """What an ``EventFileWriter`` writes its records with: a :class:`DirectRecordWriter` for a local file,
     TensorBoard's writer thread for remote storage (S3, fsspec), where a write can take long."""
-    file = record_writer._writer  # the GFile TensorBoard opened (nothing is written to it yet)
+    file = framer._writer  # the GFile TensorBoard opened (nothing is written to it yet)
     if isinstance(file.fs, LocalFileSystem):
         return DirectRecordWriter(file.filename)
-    return _ASYNC_WRITER(record_writer, max_queue_size, flush_secs)
+    return _ASYNC_WRITER(framer, max_queue_size, flush_secs)
 
 
-class DirectRecordWriter(RecordWriter):
+class DirectRecordWriter(record_writer.RecordWriter):
     """Writes each event record to its local file in the calling thread, one ``write`` call on a file held open.
 
     Without TensorFlow, TensorBoard hands each record to a writer thread that opens the event file, appends
@@ -139,8 +138,6 @@ def use_fast_checksums() -> bool:
     returns whether the C code is in place (its pure-Python fallback would be no faster)."""
     if google_crc32c is None or google_crc32c.implementation != "c":
         return False
-    from tensorboard.summary.writer import record_writer
-
     record_writer.masked_crc32c = masked_crc32c
     return True
 
