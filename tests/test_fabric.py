@@ -3,12 +3,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ON_CPU_AND_CUDA, every_plugin, run_cli
 from hooktrain import HooktrainError, train
-from hooktrain.data import DigitsDataModule
-from hooktrain.models import MLP
+from hooktrain.build import build
 from hooktrain.testing import identical
 
 NOT_REPRODUCIBLE = ("plugin_state.module_timer.",)  # wall-clock times
@@ -144,10 +144,11 @@ def test_ddp_on_two_cpu_processes_with_every_plugin(tmp_path):
     events = scalars(tmp_path)
     assert [step for step, _ in events["test/acc"]] == [6]
     # The test metrics sum both processes' halves of the test set: they are the saved model's on the whole set.
-    data = DigitsDataModule(image_size=8, seed=0)
+    run_cfg = OmegaConf.load(tmp_path / ".hydra" / "config.yaml")  # the run's own data and model settings
+    data = build(run_cfg.data, "data")
     data.setup("test")
     images, labels = data.test_dataloader().dataset.tensors
-    model = MLP(in_features=64, hidden_sizes=[128, 64], num_classes=10).eval()  # conf/model/mlp.yaml
+    model = build(run_cfg.model, "model").eval()
     model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     with torch.no_grad():
         logits = model(images)
