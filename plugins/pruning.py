@@ -1,5 +1,6 @@
 """pruning: gradual magnitude pruning on Zhu & Gupta's cubic schedule, built on torch.nn.utils.prune."""
 
+import numpy as np
 import torch
 import torch.nn.utils.prune as prune
 from torch import Tensor, nn
@@ -19,14 +20,24 @@ def cubic_sparsity(step: int, amount: float, start: float, end: float) -> float:
 def lowest(scores: Tensor, count: int) -> Tensor:
     """A mask (1 = keep) that drops the ``count`` lowest scores (and any score tied with the last of them).
 
-    A threshold from ``kthvalue`` (a selection, 0.7 ms for LeNet's 61,706 weights on the CPU) rather
-    than ``topk``'s indices (2.8 ms, 2026-11-23). Ties with the threshold: float weights have none
-    in practice; pruned weights all score 0 (or -1), and are masked already.
+    A threshold from a selection (:func:`kth_smallest`) rather than ``topk``'s indices. Ties with the
+    threshold: float weights have none in practice; pruned weights all score 0 (or -1), and are masked already.
     """
     if count <= 0:
         return torch.ones_like(scores)
-    threshold = torch.kthvalue(scores.flatten(), min(count, scores.numel())).values
-    return (scores > threshold).to(scores.dtype)
+    return (scores > kth_smallest(scores, min(count, scores.numel()))).to(scores.dtype)
+
+
+def kth_smallest(values: Tensor, k: int) -> Tensor:
+    """The ``k``-th smallest of ``values`` (``k`` from 1), a 0-dim tensor on their device; no host sync on an accelerator.
+
+    On the CPU NumPy's introselect (``np.partition``) takes 45 us for LeNet's 61,706 weights, where
+    ``torch.kthvalue`` takes 650 us and ``topk`` 2.8 ms (2026-11-24): the most of a mask update.
+    """
+    flat = values.detach().flatten()
+    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.partition(flat.numpy(), k - 1)[k - 1 : k]).reshape(())
+    return torch.kthvalue(flat, k).values
 
 
 class Pruning(HookPlugin):

@@ -11,7 +11,7 @@ from torch import nn
 from hooktrain import HooktrainError, train
 from hooktrain.run import build_run
 from hooktrain.models import MLP
-from plugins.pruning import Pruning, cubic_sparsity
+from plugins.pruning import Pruning, cubic_sparsity, kth_smallest, lowest
 from test_session import fit
 
 
@@ -62,6 +62,17 @@ def test_masks_are_recomputed_while_the_target_moves_and_stats_come_on_logging_s
     masks = (fresh.fc1.weight_mask, fresh.head.weight_mask)
     assert targets == [0.5, 0.5]
     assert 1 - sum(mask.sum() for mask in masks).item() / sum(mask.numel() for mask in masks) == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])  # NumPy's selection, and torch's where NumPy has no dtype
+def test_the_threshold_is_the_kth_smallest_score_and_drops_exactly_count(dtype):
+    scores = torch.randn(3, 1001).to(dtype)
+    scores[0, :10] = 0.0  # pruned weights all score 0
+    for k in (1, 7, 500, scores.numel()):
+        assert kth_smallest(scores, k) == torch.kthvalue(scores.flatten(), k).values
+        assert kth_smallest(scores, k).dtype == dtype and kth_smallest(scores, k).dim() == 0
+    distinct = torch.randperm(5000).float().view(50, 100)
+    assert (lowest(distinct, 37) == 0).sum() == 37 and distinct[lowest(distinct, 37) == 0].max() == 36
 
 
 def test_l1_prunes_the_smallest_magnitudes():
