@@ -11,6 +11,7 @@ from hooktrain.plugin import HookContext, HookPlugin
 from hooktrain.stats import absmax
 
 log = logging.getLogger(__name__)
+SUMMED_AS_IS = (torch.float32, torch.float64)  # other outputs are summed in float32 or wider (a call less for these)
 
 
 class NanGuard(HookPlugin):
@@ -63,7 +64,8 @@ class NanGuard(HookPlugin):
         if isinstance(output, Tensor) and output.numel():
             output = output.detach()
             self._ran.append(ctx.index)
-            ctx.record("_output_check", output.sum(dtype=torch.promote_types(output.dtype, torch.float32)), reduce="sum")
+            wider = None if output.dtype in SUMMED_AS_IS else torch.promote_types(output.dtype, torch.float32)
+            ctx.record("_output_check", output.sum(dtype=wider), reduce="sum")
             if self.writes_now(ctx):
                 ctx.record("output_absmax", absmax(output), reduce="max")
 

@@ -166,6 +166,23 @@ def test_output_grad_sees_what_a_full_backward_hook_sees_and_its_return_replaces
         torch.testing.assert_close(param.grad, full * 0.5)
 
 
+def test_an_output_grad_hook_does_nothing_once_its_step_has_finished():
+    """Compiled runs keep hooks attached and gated: a graph back-propagated after the step ended meets a closed gate."""
+    class OutputGradOnly(GradTaker):
+        backward = HookPlugin.backward  # no full backward hook: a session for a compiled model refuses those
+
+    model, x = MLP(in_features=16, hidden_sizes=[8], num_classes=3), torch.randn(5, 1, 4, 4)
+    plugin = OutputGradOnly(factor=0.5, name="halve", targets=["head"])
+    with HookSession(model, [plugin], compiled=True) as session:
+        session.start_step(0)
+        loss = model(x).logsumexp(dim=1).sum()
+        session.finish_step()
+        loss.backward()
+    assert not plugin.seen
+    expected = torch.autograd.grad(model(x).logsumexp(dim=1).sum(), model.head.weight)[0]
+    torch.testing.assert_close(model.head.weight.grad, expected)
+
+
 def test_output_grad_works_where_an_inplace_op_follows_the_module():
     class OutputGradOnly(GradTaker):
         backward = HookPlugin.backward  # a full backward hook on fc1 would fail before ReLU(inplace=True)

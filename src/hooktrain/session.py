@@ -6,7 +6,6 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
 from typing import Any
 
 import torch
@@ -44,17 +43,18 @@ class _Gate:
 
 
 class _Hook:
-    """One call into a plugin: passes its context, counts and times it, and names the culprit on error.
+    """One call into a plugin on one module: passes its context, counts and times it, and names the culprit on error.
 
-    A plain object with a bound method, not a closure, so a model with hooks attached still pickles.
+    A plain object with bound methods, not a closure, so a model with hooks attached still pickles.
     Under torch.compile only the gate check is traced: the plugin's own code runs eagerly behind a
     graph break (``torch.compiler.disable``), so dynamo guards on no plugin state and an idle step
     is one graph.
     """
 
-    def __init__(self, plugin: HookPlugin, kind: str, ctx: HookContext, gate: _Gate, compiled: bool = False) -> None:
-        self.plugin, self.kind, self.ctx, self.gate, self.compiled = plugin, kind, ctx, gate, compiled
+    def __init__(self, plugin: HookPlugin, kind: str, module: nn.Module, ctx: HookContext, gate: _Gate, compiled: bool = False) -> None:
+        self.plugin, self.kind, self.module, self.ctx, self.gate, self.compiled = plugin, kind, module, ctx, gate, compiled
         self.calls = 0  # the module's forward calls seen (for the hook map)
+        self._method = getattr(plugin, kind)  # looked up once: a hook runs several times a step
         self._run = _eager(self._call) if compiled else self._call
 
     def __call__(self, module: nn.Module, *args: Any) -> Any:
@@ -62,12 +62,18 @@ class _Hook:
             return None
         return self._run(module, *args)
 
+    def grad_hook(self, grad: Tensor) -> Tensor | None:
+        """The tensor hook :class:`_OutputGradHook` puts on the module's output (no ``partial`` made per forward)."""
+        if not self.gate.open:
+            return None
+        return self._run(self.module, grad)
+
     def _call(self, module: nn.Module, *args: Any) -> Any:
         if self.kind != "output_grad":  # counted at the forward, by _OutputGradHook
             self.calls += 1
         start = time.perf_counter()
         try:
-            return getattr(self.plugin, self.kind)(self.ctx, module, *args)
+            return self._method(self.ctx, module, *args)
         except (PluginHookError, HooktrainError):
             raise  # a plugin's own verdict on its input (activation_cache's byte limit) reads as it is
         except Exception as error:
@@ -94,7 +100,7 @@ class _OutputGradHook:
     def _register(self, module: nn.Module, output: Any) -> None:
         self.hook.calls += 1
         if isinstance(output, Tensor) and output.requires_grad:
-            output.register_hook(partial(self.hook, module))
+            output.register_hook(self.hook.grad_hook)
 
 
 def _eager(function: Any) -> Any:
@@ -105,7 +111,7 @@ def _eager(function: Any) -> Any:
 # Entered from eager code (after an active step's graph break), a hook's gate check is no frame worth
 # compiling: dynamo would compile it once per module and shape until its recompile limit, and warn.
 # Inside a traced model it is still inlined, so an idle step stays one graph.
-for _code in (_Hook.__call__.__code__, _OutputGradHook.__call__.__code__):
+for _code in (_Hook.__call__.__code__, _Hook.grad_hook.__code__, _OutputGradHook.__call__.__code__):
     torch._dynamo.eval_frame.skip_code(_code)
 
 
@@ -216,7 +222,7 @@ class HookSession:
             gate = self._gates[plugin.name]
             self._kinds[plugin.name] = plugin.hook_kinds()
             hooks = [
-                (module, _Hook(plugin, kind, ctx, gate, compiled=self.compiled and kind not in STEP_METHODS))
+                (module, _Hook(plugin, kind, module, ctx, gate, compiled=self.compiled and kind not in STEP_METHODS))
                 for module, ctx in self._contexts[plugin.name]
                 for kind in self._kinds[plugin.name]
                 if kind != "gradients_ready"
