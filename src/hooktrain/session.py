@@ -95,9 +95,9 @@ class _OutputGradHook:
 
     def __call__(self, module: nn.Module, args: tuple, output: Any) -> None:
         if self.hook.gate.open:
-            self._run(module, output)
+            self._run(output)
 
-    def _register(self, module: nn.Module, output: Any) -> None:
+    def _register(self, output: Any) -> None:
         self.hook.calls += 1
         if isinstance(output, Tensor) and output.requires_grad:
             output.register_hook(self.hook.grad_hook)
@@ -180,8 +180,8 @@ class HookSession:
         self._all_reduce = all_reduce
         self._contexts: dict[str, list[tuple[nn.Module, HookContext]]] = {}
         self._stats: dict[str, StepStats] = {}
-        self._hooks: dict[str, list[tuple[nn.Module, _Hook]]] = {}  # registered on modules
-        self._step_calls: dict[str, list[tuple[nn.Module, _Hook]]] = {}  # called per module by before/after_optimizer_step
+        self._hooks: dict[str, list[_Hook]] = {}  # registered on modules
+        self._step_calls: dict[str, list[_Hook]] = {}  # called per module by before/after_optimizer_step
         self._kinds: dict[str, list[str]] = {}  # each plugin's hook_kinds()
         self._handles: dict[str, list[RemovableHandle]] = {}
         self._gates = {name: _Gate() for name in names}
@@ -222,13 +222,13 @@ class HookSession:
             gate = self._gates[plugin.name]
             self._kinds[plugin.name] = plugin.hook_kinds()
             hooks = [
-                (module, _Hook(plugin, kind, module, ctx, gate, compiled=self.compiled and kind not in STEP_METHODS))
+                _Hook(plugin, kind, module, ctx, gate, compiled=self.compiled and kind not in STEP_METHODS)
                 for module, ctx in self._contexts[plugin.name]
                 for kind in self._kinds[plugin.name]
                 if kind != "gradients_ready"
             ]
-            self._hooks[plugin.name] = [(module, hook) for module, hook in hooks if hook.kind not in STEP_METHODS]
-            self._step_calls[plugin.name] = [(module, hook) for module, hook in hooks if hook.kind in STEP_METHODS]
+            self._hooks[plugin.name] = [hook for hook in hooks if hook.kind not in STEP_METHODS]
+            self._step_calls[plugin.name] = [hook for hook in hooks if hook.kind in STEP_METHODS]
         if self.compiled:  # in place before torch.compile traces the model; closed until a step opens them
             for plugin in self.plugins:
                 self.attach(plugin)
@@ -260,8 +260,8 @@ class HookSession:
             return
         handles = []
         try:
-            for module, hook in self._hooks[plugin.name]:
-                handles.append(_REGISTER[hook.kind](module, hook))
+            for hook in self._hooks[plugin.name]:
+                handles.append(_REGISTER[hook.kind](hook.module, hook))
         except BaseException:
             for handle in handles:
                 handle.remove()
@@ -425,16 +425,16 @@ class HookSession:
         for stats in self._stats.values():
             stats.clear()
         for hooks in self._hooks.values():
-            for _, hook in hooks:
+            for hook in hooks:
                 hook.calls = 0
         self.info.seconds.clear()
 
     def _call_per_module(self, method: str) -> None:
         for plugin in self.plugins:
             if plugin.name in self._active:
-                for module, hook in self._step_calls[plugin.name]:
+                for hook in self._step_calls[plugin.name]:
                     if hook.kind == method:
-                        hook(module)
+                        hook(hook.module)
 
     def _run_plugin(self, plugin: HookPlugin, method: str, *args: Any) -> Any:
         """``plugin.<method>(*args)``, charged to the plugin's time; an error names the plugin, the method and the step or phase."""
@@ -587,8 +587,8 @@ class HookSession:
     def _call_counts(self) -> dict[int, int]:
         calls: dict[int, int] = {}
         for hooks in self._hooks.values():
-            for module, hook in hooks:
-                calls[id(module)] = max(calls.get(id(module), 0), hook.calls)
+            for hook in hooks:
+                calls[id(hook.module)] = max(calls.get(id(hook.module), 0), hook.calls)
         return calls
 
     def hook_map(self) -> str:
