@@ -145,6 +145,12 @@ class GradTaker(HookPlugin):
         return None if self.factor is None else grad * self.factor
 
 
+class OutputGradOnly(GradTaker):
+    """GradTaker without a full backward hook: one a compiled session refuses, and one that fails before ReLU(inplace=True)."""
+
+    backward = HookPlugin.backward
+
+
 def backward_with(plugin, model, x):
     with HookSession(model, [plugin]) as session, session.step(0):
         model(x).logsumexp(dim=1).sum().backward()
@@ -168,9 +174,6 @@ def test_output_grad_sees_what_a_full_backward_hook_sees_and_its_return_replaces
 
 def test_an_output_grad_hook_does_nothing_once_its_step_has_finished():
     """Compiled runs keep hooks attached and gated: a graph back-propagated after the step ended meets a closed gate."""
-    class OutputGradOnly(GradTaker):
-        backward = HookPlugin.backward  # no full backward hook: a session for a compiled model refuses those
-
     model, x = MLP(in_features=16, hidden_sizes=[8], num_classes=3), torch.randn(5, 1, 4, 4)
     plugin = OutputGradOnly(factor=0.5, name="halve", targets=["head"])
     with HookSession(model, [plugin], compiled=True) as session:
@@ -184,9 +187,6 @@ def test_an_output_grad_hook_does_nothing_once_its_step_has_finished():
 
 
 def test_output_grad_works_where_an_inplace_op_follows_the_module():
-    class OutputGradOnly(GradTaker):
-        backward = HookPlugin.backward  # a full backward hook on fc1 would fail before ReLU(inplace=True)
-
     torch.manual_seed(0)
     model, x = MLP(in_features=16, hidden_sizes=[8], num_classes=3), torch.randn(5, 1, 4, 4)
     inplace = copy.deepcopy(model)
