@@ -15,7 +15,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.fabric import Fabric
-from lightning.fabric.plugins import Precision
+from lightning.fabric.plugins import DoublePrecision, HalfPrecision, MixedPrecision, Precision
 from lightning.fabric.strategies import SingleDeviceStrategy
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
@@ -28,6 +28,7 @@ from hooktrain.session import HookSession
 
 log = logging.getLogger(__name__)
 
+DIRECT_PRECISIONS = (Precision, MixedPrecision, HalfPrecision, DoublePrecision)  # all of their work is in the plugin's own methods
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_find_unused_parameters_true")  # gradients whole on every rank
 
 
@@ -218,10 +219,11 @@ class FabricTrainer:
         on_cpu = self.fabric.device.type == "cpu"
         return self.fabric.setup_dataloaders(*loaders, use_distributed_sampler=self.use_distributed_sampler, move_to_device=not on_cpu)
 
-    def _plain(self) -> bool:
-        """One process at full precision: Fabric's module, backward and optimizer wrappers would do nothing but cost
-        Python calls on every step, so the loop calls the module, ``backward`` and the optimizer itself."""
-        return isinstance(self.fabric.strategy, SingleDeviceStrategy) and type(self.fabric.strategy.precision) is Precision
+    def _direct(self) -> bool:
+        """One process: Fabric's module, backward and optimizer wrappers add only bookkeeping around the precision
+        plugin (a backward hook on every output, checks for strategies that need ``fabric.backward``, a no-op sync
+        control), 0.1-0.3 ms a step under bf16-mixed; the loop calls the precision plugin itself."""
+        return isinstance(self.fabric.strategy, SingleDeviceStrategy) and type(self.fabric.strategy.precision) in DIRECT_PRECISIONS
 
     def _session(self, task: pl.LightningModule) -> HookSession | None:
         """The plugins' HookSession, its state registered on the task (saved in ``state_dict``) and the loggers as its writers."""
@@ -237,8 +239,8 @@ class FabricTrainer:
         fabric, session, accumulate = self.fabric, self.hooks.session if self.hooks else None, self.accumulate_grad_batches
         scaler = getattr(fabric.strategy.precision, "scaler", None)  # 16-mixed: unscaled for plugins and clipping alike
         scaler = scaler if scaler is not None and scaler.is_enabled() else None
-        plain = self._plain()
-        forward, step_optimizer = (model.module, optimizer.optimizer) if plain else (model, optimizer)
+        direct, precision, module = self._direct(), fabric.strategy.precision, model.module
+        step_optimizer = optimizer.optimizer if direct else optimizer
         model.train()
         loader._num_iter_calls = self.current_epoch  # Fabric seeds the sampler's epoch with this count: a resumed run draws epoch N's order
         epoch = EpochAccuracy(fabric.device)
@@ -252,13 +254,14 @@ class FabricTrainer:
             if session is not None:
                 session.info.targets = y
                 session.start_step(self.global_step)
-            if plain:
-                logits = forward(x)
-                loss = task.loss(logits, y)
-                (loss / accumulate if accumulate > 1 else loss).backward()
+            if direct:  # what the wrappers below do on one device, their bookkeeping left out
+                with precision.forward_context():
+                    logits = precision.convert_output(module(precision.convert_input(x)))
+                    loss = task.loss(logits, y)
+                precision.backward(loss / accumulate if accumulate > 1 else loss, module)
             else:
                 with fabric.no_backward_sync(model, enabled=not steps_now), fabric.autocast():
-                    logits = forward(x)
+                    logits = model(x)
                     loss = task.loss(logits, y)
                 fabric.backward(loss / accumulate if accumulate > 1 else loss)
             epoch.add(loss, logits, y)
@@ -270,7 +273,10 @@ class FabricTrainer:
                 session.before_optimizer_step()
             if self.gradient_clip_val:
                 self._clip(task)
-            step_optimizer.step()
+            if direct:
+                precision.optimizer_step(step_optimizer)  # under a GradScaler: its step and update
+            else:
+                step_optimizer.step()
             step_optimizer.zero_grad(set_to_none=True)
             step, self.global_step = self.global_step, self.global_step + 1
             if session is not None:
