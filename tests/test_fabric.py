@@ -178,9 +178,13 @@ def test_a_compiled_model_keeps_its_hooks_and_its_names(make_cfg, tmp_path):
     assert not any("_orig_mod" in key for key in torch.load(tmp_path / "model.pt", weights_only=True))
 
 
+def fp16_under_a_grad_scaler() -> MixedPrecision:
+    """fp16 under a GradScaler on the CPU (Fabric's "16-mixed" there is bf16): the plugin, given by hand."""
+    return MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0**10))
+
+
 def test_gradient_clipping_under_a_grad_scaler_clips_the_true_gradients():
     """Without any plugin too: clipping scaled gradients would shrink every step by the scale (here 1024)."""
-
     def trained(plugins):
         torch.manual_seed(0)
         trainer = FabricTrainer(accelerator="cpu", devices=1, plugins=plugins, max_epochs=1, limit_train_batches=3, limit_val_batches=0,
@@ -191,10 +195,9 @@ def test_gradient_clipping_under_a_grad_scaler_clips_the_true_gradients():
         return torch.cat([p.detach().flatten() for p in task.model.parameters()]) - before
 
     fp32 = trained(None)
-    scaled = trained([MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0**10))])  # fp16 under a GradScaler, on the CPU
+    scaled = trained([fp16_under_a_grad_scaler()])
     assert 1e-3 < fp32.norm() <= 3e-3 + 1e-6  # 3 clipped steps of norm 1e-3 at lr 1
     torch.testing.assert_close(scaled, fp32, rtol=1e-3, atol=1e-6)
-
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16-true", "64-true", "16-mixed"])
@@ -208,8 +211,7 @@ def test_one_process_calls_the_precision_plugin_itself_and_trains_what_fabrics_w
 
     def trained():
         torch.manual_seed(0)
-        # Fabric's "16-mixed" is bf16 on a CPU: fp16 under a GradScaler takes its plugin
-        setting = {"plugins": [MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0**10))]} if precision == "16-mixed" else {"precision": precision}
+        setting = {"plugins": [fp16_under_a_grad_scaler()]} if precision == "16-mixed" else {"precision": precision}
         trainer = FabricTrainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=6, limit_val_batches=0, num_sanity_val_steps=0,
                                 accumulate_grad_batches=2, gradient_clip_val=0.05, enable_progress_bar=False, enable_model_summary=False, **setting)
         task = LogitPenalty(MLP(in_features=64, hidden_sizes=[16], num_classes=10), optimizer=partial(torch.optim.Adam, lr=1e-2))

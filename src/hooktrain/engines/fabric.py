@@ -237,10 +237,10 @@ class FabricTrainer:
     def _train_epoch(self, model: nn.Module, task: Any, optimizer: Any, loader: Any, batches: int) -> dict[str, float]:
         """One epoch: forward, backward, the session's step boundaries, clipping, the optimizer; the loss read on logging steps only."""
         fabric, session, accumulate = self.fabric, self.hooks.session if self.hooks else None, self.accumulate_grad_batches
-        scaler = getattr(fabric.strategy.precision, "scaler", None)  # 16-mixed: unscaled for plugins and clipping alike
-        scaler = scaler if scaler is not None and scaler.is_enabled() else None
         direct, precision, module = self._direct(), fabric.strategy.precision, model.module
         step_optimizer = optimizer.optimizer if direct else optimizer
+        scaler = getattr(precision, "scaler", None)  # 16-mixed: unscaled for plugins and clipping alike
+        scaler = scaler if scaler is not None and scaler.is_enabled() else None
         model.train()
         loader._num_iter_calls = self.current_epoch  # Fabric seeds the sampler's epoch with this count: a resumed run draws epoch N's order
         epoch = EpochAccuracy(fabric.device)
