@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from hooktrain.errors import HooktrainError, check_in_range, check_positive_int
 from hooktrain.figures import distribution_picture
 from hooktrain.plugin import HookContext, HookPlugin
-from hooktrain.stats import append_column_, bucket_centres, bucket_index, count_indices, ema_update_
+from hooktrain.stats import append_column_, bucket_centres, bucket_counts, bucket_index, ema_update_
 
 # Modules whose output is an activation in the usual sense: the default selection.
 NONLINEARITIES = (
@@ -165,9 +165,7 @@ class ActivationLogger(HookPlugin):
         pad = MARGIN * (high - low).clamp_min(1e-6)
         bounds = torch.where(torch.isnan(saved), torch.stack([low - pad, high + pad]), saved)
         width = (bounds[1] - bounds[0]) / self.bins
-        # Shifted a bucket down, so truncation is the floor: 0 below the range, bins + 1 above it; four passes over x.
-        index = x.flatten().sub(bounds[0] - width).div_(width).clamp_(0, self.bins + 1).long()
-        return count_indices(index, self.bins + 2)
+        return bucket_counts(x, bounds[0] - width, bounds[1] + width, self.bins + 2)  # a bucket each side: below, above
 
     def _widen(self, state: nn.Module, low: Tensor, high: Tensor) -> None:
         """Widens each module's picture range to hold this step's values; moves the stored columns to the new buckets."""

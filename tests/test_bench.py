@@ -5,7 +5,8 @@ import json
 import pytest
 
 from hooktrain import bench
-from hooktrain.bench import all_variants, calls_per_step, check_goals, engine_and_plugins, main, robust_step_time
+from hooktrain.bench import all_variants, calls_per_step, check_goals, compose_cfg, engine_and_plugins, main, robust_step_time, selected_plugins
+from hooktrain.registry import training_plugins
 
 from conftest import ROOT
 
@@ -29,6 +30,7 @@ def test_goals_read_the_right_ratios():
         row("hooktrain+idle", 0.84, 1.009), row("fabric+logging", 0.88, 1.07),
         row("hooktrain+grad_clip", 0.8, 1.05), row("hooktrain+grad_logger", 0.7, 1.2),  # grad_logger only observes
         row("fabric+all", 0.6, 1.3), row("hooktrain+all", 0.5, 1.9, peak_mb=106.0),
+        row("fabric+grad_clip,pruning", 0.7, 1.2), row("fabric+all-grad_logger", 0.6, 1.25),  # sets: no per-plugin goal
     ]
     goals = {goal["goal"]: (goal["value"], goal["holds"]) for goal in check_goals(rows, ["lenet"], ["grad_logger"])}
     assert goals == {
@@ -47,6 +49,16 @@ def test_a_variant_name_reads_as_engine_and_plugins():
     assert engine_and_plugins("fabric+grad_clip") == ("fabric", "grad_clip")
     assert engine_and_plugins("hooktrain") == ("hooktrain", None)
     assert "fabric+idle" in all_variants(ROOT / "conf") and "hooktrain+pruning" in all_variants(ROOT / "conf")
+
+
+def test_a_variant_can_name_any_set_of_plugins(tmp_path):
+    conf, every = ROOT / "conf", training_plugins(ROOT / "conf")
+    assert selected_plugins(conf, "nan_guard,grad_clip,nan_guard") == ["nan_guard", "grad_clip"]
+    assert selected_plugins(conf, "all-grad_clip,weight_stats") == [name for name in every if name not in ("grad_clip", "weight_stats")]
+    cfg = compose_cfg(conf, "mlp", "fabric+all-grad_clip", 10, str(tmp_path))
+    assert sorted(cfg.plugins) == sorted(set(every) - {"grad_clip"}) and cfg.plugins.ablate.targets  # with ablate's example settings
+    with pytest.raises(ValueError, match=r"no plugin 'grad_clp' \(the plugins: .*grad_clip"):
+        selected_plugins(conf, "all-grad_clp")
 
 
 @pytest.mark.slow
@@ -75,7 +87,11 @@ def test_variants_pick_what_is_timed_and_a_wrong_name_lists_the_choices(tmp_path
     assert not report["lockstep"] and "interleaved runs of 2 steps" in (tmp_path / "bench.md").read_text()
     with pytest.raises(SystemExit):
         main(["--variants", "fabrik", "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
-    assert "unknown variant(s) fabrik; choose from: raw lightning hooktrain" in capsys.readouterr().err
+    assert "unknown variant(s) fabrik (fabrik: not raw, lightning, hooktrain or fabric); choose from: raw lightning hooktrain" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--variants", "fabric+grad_clip,nan_gaurd", "raw+grad_clip", "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
+    error = capsys.readouterr().err
+    assert "fabric+grad_clip,nan_gaurd: no plugin 'nan_gaurd' (the plugins: " in error and "raw+grad_clip: 'raw' is not one of hooktrain, fabric" in error
     with pytest.raises(SystemExit):  # a trainer group would turn the fabric variants into the Trainer engine, unseen
         main(["--variants", "fabric", "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path), "trainer=gpu", "trainer.precision=32-true"])
     assert "trainer=gpu: the benchmark picks each variant's engine" in capsys.readouterr().err

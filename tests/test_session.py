@@ -367,6 +367,14 @@ def test_a_histogram_summary_is_numpys_histogram_over_the_values_range(shape):
     assert histogram_summary(torch.full((3, 3), 2.5))[5:].tolist() == [9.0] + [0.0] * 63  # all equal: one bucket
 
 
+def test_values_far_outside_the_buckets_land_in_the_end_ones_and_nan_in_the_first():
+    from hooktrain.stats import bucket_counts
+
+    # Counted over int32 indices on the CPU: 3e9 buckets up would overflow one, inf and 1e30 overflow any int.
+    values = torch.tensor([-1e12, float("-inf"), -0.5, 0.1, 0.6, 0.99, 1.0, 3e9, 1e30, float("inf"), float("nan")])
+    assert bucket_counts(values, torch.tensor(0.0), torch.tensor(1.0), 4).tolist() == [5.0, 0.0, 1.0, 5.0]
+
+
 def test_merged_histogram_buckets_stay_within_a_bucket_width_of_the_exact_one():
     from hooktrain.stats import histogram_summary, merge_histograms
 

@@ -20,8 +20,9 @@ cadence, ``+logging`` (together, the plugins that only observe: ``changes_traini
 ``+all`` (every plugin, clipping and nan_guard acting on every step included) and ``+idle`` (every
 plugin active on step 0 only, so idle while timed; plugins whose class says ``acts_when_idle`` are
 left out, e.g. pruning: PyTorch's pruning hook applies the masks at every forward by design;
-``+pruning`` shows its cost). A plugin's ``example_settings`` are passed to it in every variant.
-``--variants`` picks some: ``--variants raw fabric hooktrain``.
+``+pruning`` shows its cost); and sets of your own: ``+a,b`` (those plugins) and ``+all-a,b`` (every plugin
+but those: what each costs among the others). A plugin's ``example_settings`` are passed to it in every variant.
+``--variants`` picks some: ``--variants raw fabric hooktrain fabric+all fabric+all-grad_clip``.
 
 Lockstep (the default): every variant trains side by side in this process, one step each in turn
 (:mod:`hooktrain.stepclock`), each step timed alone. A slowdown of the shared machine then lands on
@@ -100,13 +101,7 @@ def compose_cfg(config_dir: Path, model: str, variant: str, total_steps: int, ou
         "trainer.enable_checkpointing=false", "trainer.enable_model_summary=false", "~callbacks.model_checkpoint", "~callbacks.last_checkpoint",
         "task.scheduler=null",
     ]
-    names = training_plugins(config_dir)
-    if selection == "logging":
-        names = logging_plugins(config_dir)
-    if selection == "idle":
-        names = [name for name in names if not plugin_class(config_dir, name).acts_when_idle]
-    if selection not in ("all", "idle", "logging"):
-        names = [selection] if selection else []
+    names = selected_plugins(config_dir, selection)
     overrides += example_overrides(config_dir, names)  # with what a plugin needs to run at all (ablate: which module)
     if selection == "idle":
         overrides += [f"++plugins.{name}.{key}={NEVER}" for name in names for key in ("every_n_steps", "log_every_n_steps")]
@@ -114,10 +109,38 @@ def compose_cfg(config_dir: Path, model: str, variant: str, total_steps: int, ou
         return compose("train", overrides=[*overrides, *extra])
 
 
+SETS = ("logging", "all", "idle")  # the named plugin sets; the rest of a variant after "+" names plugins
+
+
+def selected_plugins(config_dir: Path, selection: str | None) -> list[str]:
+    """The plugins of a variant's ``+<selection>``: one plugin, ``a,b`` (those), ``all-a,b`` (all but those), or a set of ``SETS``.
+
+    Raises:
+        ValueError: a name that is not one of the training plugins in ``config_dir``, naming them.
+    """
+    every = training_plugins(config_dir)
+    if not selection:
+        return []
+    if selection == "all":
+        return every
+    if selection == "logging":
+        return logging_plugins(config_dir)
+    if selection == "idle":  # plugins that act at every forward even when idle are not idle: left out
+        return [name for name in every if not plugin_class(config_dir, name).acts_when_idle]
+    names = list(dict.fromkeys(selection.removeprefix("all-").split(",")))
+    if unknown := [name for name in names if name not in every]:
+        raise ValueError(f"no plugin {', '.join(map(repr, unknown))} (the plugins: {', '.join(every)})")
+    return [name for name in every if name not in names] if selection.startswith("all-") else names
+
+
+def is_single_plugin(selection: str | None) -> bool:
+    """Whether a variant's ``+<selection>`` names one plugin (not a set of them)."""
+    return bool(selection) and selection not in SETS and "," not in selection and not selection.startswith("all-")
+
+
 def logging_plugins(config_dir: Path) -> list[str]:
     """Plugins that only observe training (their class says ``changes_training = False``)."""
     return [name for name in training_plugins(config_dir) if not plugin_class(config_dir, name).changes_training]
-
 
 
 def time_variant(
@@ -320,6 +343,18 @@ def all_variants(config_dir: Path) -> list[str]:
     return ["raw", "lightning", *[f"{engine}{suffix}" for engine in ENGINES for suffix in suffixes]]
 
 
+def variant_error(config_dir: Path, variant: str) -> str | None:
+    """Why a variant name does not read as one (an engine, then any plugins), or None."""
+    engine, selection = engine_and_plugins(variant)
+    if engine not in ENGINES:
+        return f"{engine!r} is not one of {', '.join(ENGINES)}" if selection else f"not raw, lightning, {' or '.join(ENGINES)}"
+    try:
+        selected_plugins(config_dir, selection)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 ENGINES = ("hooktrain", "fabric")  # the Trainer engine (train.py's default) and trainer=fabric
 BUSY = 0.2  # cores other processes may use during a run before its timing is flagged
 
@@ -349,8 +384,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     known = all_variants(args.config_dir)
     variants = args.variants or known
-    if unknown := [variant for variant in variants if variant not in known]:
-        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from: {' '.join(known)}")
+    if unknown := [variant for variant in variants if variant not in known and variant_error(args.config_dir, variant)]:
+        reasons = "; ".join(f"{variant}: {variant_error(args.config_dir, variant)}" for variant in unknown)
+        parser.error(f"unknown variant(s) {', '.join(unknown)} ({reasons}); choose from: {' '.join(known)}, "
+                     f"or an engine with a set of plugins, e.g. fabric+grad_clip,nan_guard or hooktrain+all-ablate")
     if "raw" not in variants:
         variants = ["raw", *variants]  # every ratio is against it
 
@@ -463,7 +500,7 @@ def check_goals(rows: list[dict], models: list[str], logging_names: list[str]) -
         if model == "lenet":
             for (row_model, variant), row in by.items():
                 engine, selection = engine_and_plugins(variant)
-                if row_model == model and engine in ENGINES and selection and selection not in ("logging", "all", "idle", *logging_names):
+                if row_model == model and engine in ENGINES and is_single_plugin(selection) and selection not in logging_names:
                     goal(model, f"a plugin acting on every step costs <= 8% ({variant} / {engine})", variant, "vs_engine", "<=", 1.08)
             for engine in ENGINES:
                 goal(model, f"every plugin together costs <= 25% ({engine}+all / {engine})", f"{engine}+all", "vs_engine", "<=", 1.25)

@@ -26,7 +26,7 @@ def histogram_summary(values: Tensor, bins: int = HISTOGRAM_BINS) -> Tensor:
     low, high = torch.aminmax(flat)
     count = torch.full((), float(flat.numel()), device=flat.device)  # a fill kernel, not a host-to-device copy
     moments = torch.stack([low, high, count, flat.sum(), flat.dot(flat)])
-    return torch.cat([moments, count_indices(bucket_index(flat, low, high, bins), bins)])
+    return torch.cat([moments, bucket_counts(flat, low, high, bins)])
 
 
 def merge_histograms(a: Tensor, b: Tensor) -> Tensor:
@@ -43,11 +43,26 @@ def merge_histograms(a: Tensor, b: Tensor) -> Tensor:
     return torch.cat([torch.stack([low, high]), a[2:5] + b[2:5], counts])
 
 
-def bucket_index(values: Tensor, low: Tensor, high: Tensor, bins: int) -> Tensor:
+def bucket_index(values: Tensor, low: Tensor, high: Tensor, bins: int, dtype: torch.dtype = torch.long) -> Tensor:
     """Each value's bucket among ``bins`` equal ones over ``[low, high]`` (broadcast against ``values``), values outside
-    in the end buckets and the maximum in the last; all values equal: one bucket, not a division by 0."""
+    in the end buckets and the maximum in the last; all values equal: one bucket, not a division by 0. Clamped before
+    the cast (a far value overflows an int) and after it (NaN casts to the lowest int: the first bucket)."""
     scale = bins / (high - low).clamp_min(torch.finfo(torch.float32).tiny)
-    return (values - low).mul_(scale).long().clamp_(0, bins - 1)
+    return (values - low).mul_(scale).clamp_(0, bins - 1).to(dtype).clamp_min_(0)
+
+
+def bucket_counts(values: Tensor, low: Tensor, high: Tensor, bins: int) -> Tensor:
+    """How many of ``values`` fall in each bucket of :func:`bucket_index`, as ``bins`` floats; exact, no host sync.
+
+    On the CPU one ``bincount`` pass over int32 indices (for LeNet's first activation, 301,056 values, 2-4 times faster
+    than a scatter, and 30% faster than over int64 ones, 2026-11-24); on an accelerator ``bincount`` would sync to size
+    its output, so a ``scatter_add_`` into a fixed size.
+    """
+    flat = values.flatten()
+    if flat.device.type == "cpu":
+        return torch.bincount(bucket_index(flat, low, high, bins, torch.int32), minlength=bins).float()
+    index = bucket_index(flat, low, high, bins)
+    return torch.zeros(bins, device=flat.device).scatter_add_(0, index, torch.ones(index.shape, device=flat.device))
 
 
 def bucket_centres(low: Tensor, high: Tensor, bins: int) -> Tensor:
@@ -58,17 +73,6 @@ def bucket_centres(low: Tensor, high: Tensor, bins: int) -> Tensor:
 def _upper(low: Tensor, high: Tensor) -> Tensor:
     """``high``, or just above ``low`` when all values are equal (a range must not be empty)."""
     return low + (high - low).clamp_min(torch.finfo(torch.float32).tiny)
-
-
-def count_indices(index: Tensor, size: int) -> Tensor:
-    """How often each of ``0 .. size - 1`` occurs in ``index`` (which holds nothing else), as floats; no host sync.
-
-    On the CPU one ``bincount`` pass (2-4 times faster than a scatter for LeNet's first activation, 2026-11-23);
-    on an accelerator ``bincount`` would sync to size its output, so a ``scatter_add_`` into a fixed size.
-    """
-    if index.device.type == "cpu":
-        return torch.bincount(index, minlength=size).float()
-    return torch.zeros(size, device=index.device).scatter_add_(0, index, torch.ones(index.shape, device=index.device))
 
 
 def cpu_value(value: Tensor) -> float | None:
