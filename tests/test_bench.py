@@ -57,8 +57,10 @@ def test_a_variant_can_name_any_set_of_plugins(tmp_path):
     assert selected_plugins(conf, "all-grad_clip,weight_stats") == [name for name in every if name not in ("grad_clip", "weight_stats")]
     cfg = compose_cfg(conf, "mlp", "fabric+all-grad_clip", 10, str(tmp_path))
     assert sorted(cfg.plugins) == sorted(set(every) - {"grad_clip"}) and cfg.plugins.ablate.targets  # with ablate's example settings
-    with pytest.raises(ValueError, match=r"no plugin 'grad_clp' \(the plugins: .*grad_clip"):
+    with pytest.raises(ValueError, match=r"'grad_clp' is not among the plugins that train \(.*grad_clip"):
         selected_plugins(conf, "all-grad_clp")
+    with pytest.raises(ValueError, match=r"'patch' is not among the plugins that train"):  # it needs a trained model
+        selected_plugins(conf, "grad_clip,patch")
 
 
 @pytest.mark.slow
@@ -91,7 +93,7 @@ def test_variants_pick_what_is_timed_and_a_wrong_name_lists_the_choices(tmp_path
     with pytest.raises(SystemExit):
         main(["--variants", "fabric+grad_clip,nan_gaurd", "raw+grad_clip", "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
     error = capsys.readouterr().err
-    assert "fabric+grad_clip,nan_gaurd: no plugin 'nan_gaurd' (the plugins: " in error and "raw+grad_clip: 'raw' is not one of hooktrain, fabric" in error
+    assert "fabric+grad_clip,nan_gaurd: 'nan_gaurd' is not among the plugins that train (" in error and "raw+grad_clip: 'raw' is not one of hooktrain, fabric" in error
     with pytest.raises(SystemExit):  # a trainer group would turn the fabric variants into the Trainer engine, unseen
         main(["--variants", "fabric", "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path), "trainer=gpu", "trainer.precision=32-true"])
     assert "trainer=gpu: the benchmark picks each variant's engine" in capsys.readouterr().err

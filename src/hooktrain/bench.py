@@ -116,7 +116,7 @@ def selected_plugins(config_dir: Path, selection: str | None) -> list[str]:
     """The plugins of a variant's ``+<selection>``: one plugin, ``a,b`` (those), ``all-a,b`` (all but those), or a set of ``SETS``.
 
     Raises:
-        ValueError: a name that is not one of the training plugins in ``config_dir``, naming them.
+        ValueError: a name that is not one of the plugins in ``config_dir`` that train (``patch`` needs a trained model), naming them.
     """
     every = training_plugins(config_dir)
     if not selection:
@@ -129,7 +129,7 @@ def selected_plugins(config_dir: Path, selection: str | None) -> list[str]:
         return [name for name in every if not plugin_class(config_dir, name).acts_when_idle]
     names = list(dict.fromkeys(selection.removeprefix("all-").split(",")))
     if unknown := [name for name in names if name not in every]:
-        raise ValueError(f"no plugin {', '.join(map(repr, unknown))} (the plugins: {', '.join(every)})")
+        raise ValueError(f"{', '.join(map(repr, unknown))} is not among the plugins that train ({', '.join(every)})")
     return [name for name in every if name not in names] if selection.startswith("all-") else names
 
 
