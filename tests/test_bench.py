@@ -91,9 +91,10 @@ def test_variants_pick_what_is_timed_and_a_wrong_name_lists_the_choices(tmp_path
         main(["--variants", "fabrik", "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
     assert "unknown variant(s) fabrik (fabrik: not raw, lightning, hooktrain or fabric); choose from: raw lightning hooktrain" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["--variants", "fabric+grad_clip,nan_gaurd", "raw+grad_clip", "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
+        main(["--variants", "fabric+grad_clip,nan_gaurd", "raw+grad_clip", "hooktrain+", "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path)])
     error = capsys.readouterr().err
     assert "fabric+grad_clip,nan_gaurd: 'nan_gaurd' is not among the plugins that train (" in error and "raw+grad_clip: 'raw' is not one of hooktrain, fabric" in error
+    assert "hooktrain+: no plugins after '+'" in error
     with pytest.raises(SystemExit):  # a trainer group would turn the fabric variants into the Trainer engine, unseen
         main(["--variants", "fabric", "--config-dir", str(ROOT / "conf"), "--out", str(tmp_path), "trainer=gpu", "trainer.precision=32-true"])
     assert "trainer=gpu: the benchmark picks each variant's engine" in capsys.readouterr().err

@@ -348,6 +348,8 @@ def variant_error(config_dir: Path, variant: str) -> str | None:
     engine, selection = engine_and_plugins(variant)
     if engine not in ENGINES:
         return f"{engine!r} is not one of {', '.join(ENGINES)}" if selection else f"not raw, lightning, {' or '.join(ENGINES)}"
+    if variant.endswith("+"):
+        return "no plugins after '+'"
     try:
         selected_plugins(config_dir, selection)
     except ValueError as error:
