@@ -8,9 +8,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+import torch.nn.functional as F
+import torch.nn.utils.prune as prune
+
 from hooktrain import HooktrainError, train
 from hooktrain.run import build_run
 from hooktrain.models import MLP
+from hooktrain.session import HookSession
 from plugins.pruning import Pruning, cubic_sparsity, kth_smallest, lowest
 from test_session import fit
 
@@ -73,6 +77,57 @@ def test_the_threshold_is_the_kth_smallest_score_and_drops_exactly_count(dtype):
         assert kth_smallest(scores, k).dtype == dtype and kth_smallest(scores, k).dim() == 0
     distinct = torch.randperm(5000).float().view(50, 100)
     assert (lowest(distinct, 37) == 0).sum() == 37 and distinct[lowest(distinct, 37) == 0].max() == 36
+
+
+@pytest.mark.parametrize("method", ["global_unstructured", "ln_structured"])
+def test_training_matches_torchs_own_pruning_hook_exactly(method):
+    # The reference: torch.nn.utils.prune's forward pre-hook (weight = weight_orig * weight_mask at every forward), fed
+    # the plugin's masks as they change. AdamW with weight decay and momentum moves pruned entries of weight_orig.
+    torch.manual_seed(0)
+    model = MLP(in_features=6, hidden_sizes=[8], num_classes=4)
+    reference = copy.deepcopy(model)
+    layers = ("fc1", "head")
+    for name in layers:
+        prune.identity(getattr(reference, name), "weight")
+    plugin = Pruning(name="pruning", method=method, amount=0.6, start=0, end=6, every_n_steps=2, targets=list(layers))
+    session = HookSession(model, [plugin]).setup()
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=0.05, weight_decay=0.1) for m in (model, reference)]
+    x, y = torch.randn(16, 6), torch.randint(0, 4, (16,))
+    for step in range(10):
+        with session.step(step):
+            for net in (model, reference):
+                F.cross_entropy(net(x), y).backward()
+            session.before_optimizer_step()
+            for name in layers:
+                ours, torchs = getattr(model, name), getattr(reference, name)
+                assert torch.equal(ours.weight_orig.grad, torchs.weight_orig.grad), f"step {step}: {name}'s gradient"
+            for optimizer in optimizers:
+                optimizer.step()
+                optimizer.zero_grad()
+        for name in layers:
+            ours, torchs = getattr(model, name), getattr(reference, name)
+            torchs.weight_mask.copy_(ours.weight_mask)  # the plugin's new masks, if any, for torch's next forward
+            assert torch.equal(ours.weight, ours.weight_orig * ours.weight_mask), f"step {step}: {name} has pruned weights left"
+            assert torch.equal(ours.weight, torchs.weight_orig * torchs.weight_mask), f"step {step}: {name} trained differently"
+    assert not any(getattr(model, name)._forward_pre_hooks for name in layers)  # torch's hook is gone: the saving
+    assert (model.fc1.weight_mask == 0).float().mean() > 0.3
+    torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+
+
+def test_a_loaded_state_dict_is_masked_as_it_loads_and_a_torch_pruned_layer_keeps_its_mask():
+    torch.manual_seed(0)
+    model = MLP(in_features=6, hidden_sizes=[8], num_classes=4)
+    prune.l1_unstructured(model.fc1, "weight", amount=0.5)  # pruned by torch before: its hook and its mask
+    mask = model.fc1.weight_mask.clone()
+    stale = {key: value.clone() for key, value in model.state_dict().items()}  # weight_orig holds values where the mask is 0
+    plugin = Pruning(name="pruning", targets=["fc1"])
+    plugin.setup(nn.Module(), {"fc1": model.fc1})
+    assert not model.fc1._forward_pre_hooks and torch.equal(model.fc1.weight_mask, mask)
+    assert model.fc1.weight is model.fc1.weight_orig and (model.fc1.weight[mask == 0] == 0).all()
+    model.load_state_dict(stale)
+    assert (stale["fc1.weight_orig"][mask == 0] != 0).all() and (model.fc1.weight[mask == 0] == 0).all()
+    plugin.setup(nn.Module(), {"fc1": model.fc1})  # a second setup adds no second load hook
+    assert len(model.fc1._load_state_dict_post_hooks) == 1
 
 
 def test_l1_prunes_the_smallest_magnitudes():

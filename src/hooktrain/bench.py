@@ -19,7 +19,7 @@ Trainer with the config's callbacks and logger: what users would write instead),
 cadence, ``+logging`` (together, the plugins that only observe: ``changes_training`` is False),
 ``+all`` (every plugin, clipping and nan_guard acting on every step included) and ``+idle`` (every
 plugin active on step 0 only, so idle while timed; plugins whose class says ``acts_when_idle`` are
-left out, e.g. pruning: PyTorch's pruning hook applies the masks at every forward by design;
+left out, e.g. pruning, which keeps its pruned weights at zero on every step;
 ``+pruning`` shows its cost); and sets of your own: ``+a,b`` (those plugins) and ``+all-a,b`` (every plugin
 but those: what each costs among the others). A plugin's ``example_settings`` are passed to it in every variant.
 ``--variants`` picks some: ``--variants raw fabric hooktrain fabric+all fabric+all-grad_clip``.

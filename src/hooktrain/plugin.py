@@ -155,7 +155,8 @@ class HookPlugin:
     of analyze's batches): the test kit's training runs and the benchmark leave them out."""
 
     acts_when_idle: bool = False
-    """True when the plugin's effect runs at every forward even on its idle steps (pruning's masks, applied by torch)."""
+    """True when the plugin acts on every step whatever its ``every_n_steps`` (pruning keeps pruned weights at zero):
+    the benchmark cannot make it idle."""
 
     default_types: tuple[str, ...] = ()
     """Module class names the plugin hooks when the config gives neither ``targets`` nor ``types``; where the model
