@@ -1,5 +1,7 @@
 """pruning: gradual magnitude pruning on Zhu & Gupta's cubic schedule, built on torch.nn.utils.prune."""
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.utils.prune as prune
@@ -164,7 +166,7 @@ class Pruning(HookPlugin):
             target = self._target(step) if step % self.every_n_steps == 0 else self._applied_target
             if target != self._applied_target:  # at a constant target (before `start`, after `end`) the masks are a fixed point
                 state.target_sparsity.fill_(target)
-                for mask, new in zip(masks, self._new_masks(target)):
+                for mask, new in zip(masks, self._new_masks(target, weights, masks)):
                     mask.copy_(new)
                 torch._foreach_mul_(weights, masks)
                 self._applied_target = target
@@ -183,9 +185,8 @@ class Pruning(HookPlugin):
             state[key] = state.pop(f"{key}_orig") * state.pop(f"{key}_mask")
         return state
 
-    def _new_masks(self, target: float) -> list[Tensor]:
-        weights = [getattr(module, f"{self.parameter}_orig").detach() for module in self._modules.values()]  # zero where pruned
-        old = [getattr(module, f"{self.parameter}_mask") for module in self._modules.values()]
+    def _new_masks(self, target: float, weights: Sequence[Tensor], old: Sequence[Tensor]) -> list[Tensor]:
+        """The masks for ``target`` from the weights (zero where pruned) and their current masks."""
         if self.method == "global_unstructured":
             scores = torch.cat([weight.abs().flatten() for weight in weights])
             keep = lowest(scores, round(target * scores.numel()))

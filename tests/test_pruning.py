@@ -53,7 +53,7 @@ def test_masks_are_recomputed_while_the_target_moves_and_stats_come_on_logging_s
     plugin, state, model = setup_plugin("global_unstructured", amount=0.5, log_every_n_steps=2)
     targets = []
     new_masks = plugin._new_masks
-    monkeypatch.setattr(plugin, "_new_masks", lambda target: targets.append(target) or new_masks(target))
+    monkeypatch.setattr(plugin, "_new_masks", lambda target, *current: targets.append(target) or new_masks(target, *current))
     logged = []
     for step in range(4):  # end=1: the full amount from step 0 on
         plugin.info.step = step

@@ -122,7 +122,7 @@ def selected_plugins(config_dir: Path, selection: str | None) -> list[str]:
     every = training_plugins(config_dir)
     if selection == "all":
         return every
-    if selection == "idle":  # plugins that act at every forward even when idle are not idle: left out
+    if selection == "idle":  # plugins that act on every step whatever their cadence cannot be idle: left out
         return [name for name in every if not plugin_class(config_dir, name).acts_when_idle]
     names = list(dict.fromkeys(selection.removeprefix("all-").split(",")))
     if unknown := [name for name in names if name not in every]:
@@ -419,8 +419,8 @@ def main(argv: list[str] | None = None) -> None:
     if busy:
         print(f"warning: other processes used more than {BUSY} core during: {', '.join(busy)}; re-run on a quieter machine", file=sys.stderr)
 
-    observing = logging_plugins(args.config_dir)
-    goals = check_goals(rows, args.models, [name for name in training_plugins(args.config_dir) if name not in observing])
+    acting = [name for name in training_plugins(args.config_dir) if plugin_class(args.config_dir, name).changes_training]
+    goals = check_goals(rows, args.models, acting)
     device = torch.cuda.get_device_name() if torch.cuda.is_initialized() else f"{platform.machine()}, {os.cpu_count()} cores"
     report = {
         "date": date.today().isoformat(), "machine": f"{device}, torch {torch.__version__}", "overrides": list(overrides),
