@@ -15,7 +15,7 @@ from hooktrain import HooktrainError, train
 from hooktrain.run import build_run
 from hooktrain.models import MLP
 from hooktrain.session import HookSession
-from plugins.pruning import Pruning, cubic_sparsity, kth_smallest, lowest
+from plugins.pruning import METHODS, Pruning, cubic_sparsity, kth_smallest, lowest
 from test_session import fit
 
 
@@ -44,6 +44,8 @@ def test_unstructured_masks_reach_the_target_and_never_regrow(method):
     assert first["overall_sparsity"].item() == pytest.approx(0.75, abs=0.02)
     if method != "global_unstructured":
         assert first["sparsity"].tolist() == pytest.approx([0.75, 0.75], abs=0.02)
+    assert first["sparsity"].tolist() == pytest.approx([1 - mask.mean().item() for mask in masks])  # what the masks hold
+    assert first["overall_sparsity"].item() == pytest.approx(1 - sum(mask.sum().item() for mask in masks) / sum(mask.numel() for mask in masks))
     plugin.update(state, {})
     for mask, module in zip(masks, (model.fc1, model.head)):
         assert (module.weight_mask <= mask).all()  # a pruned weight stays pruned
@@ -128,6 +130,29 @@ def test_a_loaded_state_dict_is_masked_as_it_loads_and_a_torch_pruned_layer_keep
     assert (stale["fc1.weight_orig"][mask == 0] != 0).all() and (model.fc1.weight[mask == 0] == 0).all()
     plugin.setup(nn.Module(), {"fc1": model.fc1})  # a second setup adds no second load hook
     assert len(model.fc1._load_state_dict_post_hooks) == 1
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_layer_pruned_before_keeps_its_mask_while_the_target_is_still_zero(method):
+    torch.manual_seed(0)
+    model = MLP(in_features=6, hidden_sizes=[8], num_classes=4)
+    prune.l1_unstructured(model.fc1, "weight", amount=0.5)
+    mask = model.fc1.weight_mask.clone()
+    plugin = Pruning(name="pruning", method=method, targets=["fc1"], start=5, end=10)
+    plugin.setup(state := nn.Module(), {"fc1": model.fc1})
+    for step in range(3):  # before `start`: a target of 0, which must not give the pruned weights back
+        plugin.info.step = step
+        plugin.update(state, {})
+        assert torch.equal(model.fc1.weight_mask, mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sparsity_of_a_half_precision_layer_is_counted_exactly(dtype):
+    layer = nn.Linear(400, 400).to(dtype)  # 112,000 weights kept: past float16's largest number, 65,504
+    plugin = Pruning(name="pruning", method="l1_unstructured", amount=0.3, start=0, end=1)
+    plugin.setup(state := nn.Module(), {"layer": layer})
+    logged = plugin.update(state, {})  # 0.3 to float32's precision (bfloat16 holds 0.30078)
+    assert logged["overall_sparsity"].item() == pytest.approx(0.3, abs=1e-6) and logged["sparsity"].tolist() == pytest.approx([0.3], abs=1e-6)
 
 
 def test_l1_prunes_the_smallest_magnitudes():
