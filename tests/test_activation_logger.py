@@ -93,6 +93,8 @@ def test_the_range_widens_with_the_values_and_the_stored_columns_follow():
     assert state.distribution_steps.tolist() == [-1, -1, 0]
     plugin.update(state, {"_distribution": distribution, "_low": torch.tensor([0.5]), "_high": torch.tensor([2.0])})
     assert state.picture_range[0].tolist() == [low, high]  # values inside: the range stays
+    plugin.update(state, {"_distribution": distribution, "_low": torch.tensor([-1.0]), "_high": torch.tensor([2.0])})
+    assert state.picture_range[0].tolist() == pytest.approx([-1.0 - 0.25 * (high + 1.0), high])  # now the low side grows
 
 
 def test_buffers_follow_the_logged_steps_and_a_picture_is_drawn_per_module():

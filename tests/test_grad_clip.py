@@ -108,13 +108,23 @@ def test_logged_values_cover_every_step_since_the_last_logging_step():
     state = torch.nn.Module()
     plugin.setup(state, {"a": torch.nn.Linear(1, 1), "b": torch.nn.Linear(1, 1)})
     logged = []
-    for step, norms in enumerate([[2.0, 0.5], [0.5, 3.0], [0.5, 0.2]]):
+    nan = float("nan")  # a module not called in a step (a branch not taken) records nothing
+    for step, norms in enumerate([[2.0, 0.5], [0.5, 3.0], [0.5, 0.2], [nan, 0.1]]):
         plugin.info.step = step
         logged.append(plugin.update(state, {"_pre_clip_norm": torch.tensor(norms)}))
     assert logged[0]["clipped_fraction"].tolist() == [1.0, 0.0] and logged[1] == {}
     assert logged[2]["clipped_fraction"].tolist() == [0.0, 0.5]  # steps 1 and 2: b clipped at step 1
     assert logged[2]["pre_clip_norm_max"].tolist() == [0.5, 3.0]  # the spike at step 1 shows at step 2
-    assert state.clipped_steps.tolist() == [1, 1] and state.max_pre_clip_norm.tolist() == [2.0, 3.0]
+    assert state.clipped_steps.tolist() == [1, 1] and state.max_pre_clip_norm.tolist() == [2.0, 3.0]  # a NaN neither counts nor sticks
+
+
+def test_a_zero_gradient_passes_unchanged():
+    session, model = attached(GradClip(name="clip", max_norm=1.0))
+    x, _ = batch()
+    (model(x).sum() * 0).backward()  # every output's gradient is 0: its norm too
+    assert all((param.grad == 0).all() for param in model.parameters())
+    assert session._stats["clip"].combined()["_pre_clip_norm"].tolist() == [0.0, 0.0]
+    session.close()
 
 
 @pytest.mark.parametrize(

@@ -689,3 +689,26 @@ def test_overhead_is_the_plugins_share_of_the_step_time_since_its_last_logging_s
     shares = {step: values.get("watch/overhead_share/slow") for step, values in writer.scalars_at.items()}
     assert list(shares) == [0, 3, 6] and shares[0] is None  # no interval before the first logging step
     assert 0.6 < shares[3] <= 1.0 and 0.6 < shares[6] <= 1.0  # 4 ms in a step of little more
+
+
+def test_an_evaluation_phase_writes_its_histograms_whatever_the_last_training_step():
+    class Histograms(HookPlugin):
+        def forward(self, ctx, module, args, output):
+            if self.writes_now(ctx):  # logging steps in training; every batch of an evaluation phase
+                ctx.record_histogram("output", output)
+
+    class Captured(Writer):
+        tags = []
+
+        def write_histogram(self, tag, summary, step):
+            self.tags.append((tag, step, summary[2]))
+
+    model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)
+    plugin = Histograms(name="hist", targets=["head"], phases=["train", "validate"], log_every_n_steps=10)
+    with HookSession(model, [plugin], writers=[Captured()]) as session:
+        with session.step(1):  # not a logging step
+            model(torch.randn(5, 4)).sum().backward()
+        with torch.no_grad(), session.evaluating("validate"):
+            model(torch.randn(5, 4))
+            model(torch.randn(5, 4))
+    assert Captured.tags == [("watch/hist/validate/output/head", 1, 20.0)]  # both batches: 2 x 5 x 2 values
