@@ -56,12 +56,11 @@ def mask_in_place(module: nn.Module, name: str) -> None:
     for key, hook in list(module._forward_pre_hooks.items()):  # found as torch.nn.utils.prune.remove finds it
         if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name == name:
             del module._forward_pre_hooks[key]
-    weight = getattr(module, f"{name}_orig")
-    module.__dict__[name] = weight  # not setattr: nn.Module would register the parameter a second time
+    module.__dict__[name] = getattr(module, f"{name}_orig")  # not setattr: nn.Module would register the parameter a second time
+    mask_after_load = MaskAfterLoad(name)
     if not any(isinstance(hook, MaskAfterLoad) and hook.name == name for hook in module._load_state_dict_post_hooks.values()):
-        module.register_load_state_dict_post_hook(MaskAfterLoad(name))
-    with torch.no_grad():
-        weight.mul_(getattr(module, f"{name}_mask"))
+        module.register_load_state_dict_post_hook(mask_after_load)
+    mask_after_load(module, None)  # what a load does: <name>_orig times the mask
 
 
 class MaskAfterLoad:

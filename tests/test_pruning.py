@@ -5,15 +5,14 @@ import io
 
 import pytest
 import torch
+import torch.nn.functional as F
+import torch.nn.utils.prune as prune
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-import torch.nn.functional as F
-import torch.nn.utils.prune as prune
-
 from hooktrain import HooktrainError, train
-from hooktrain.run import build_run
 from hooktrain.models import MLP
+from hooktrain.run import build_run
 from hooktrain.session import HookSession
 from plugins.pruning import METHODS, Pruning, cubic_sparsity, kth_smallest, lowest
 from test_session import fit
