@@ -33,9 +33,9 @@ def lowest(scores: Tensor, count: int) -> Tensor:
 def kth_smallest(values: Tensor, k: int) -> Tensor:
     """The ``k``-th smallest of ``values`` (``k`` from 1), a 0-dim tensor on their device; no host sync on an accelerator.
 
-    On the CPU NumPy's sort: for LeNet's 61,706 weights 130 us, and 79 us once half of them are pruned to
-    0, where ``torch.kthvalue`` takes 350-650 us, ``topk`` 2.8 ms, and ``np.partition``, 45 us on distinct
-    values, slows down on the ties that pruned weights make (610 us with half at 0; 19 ms for 1M weights
+    On the CPU NumPy's sort: for LeNet's 61,706 weights 130-150 us, and 79-89 us once half of them are pruned
+    to 0, where ``torch.kthvalue`` takes 250-570 us, ``topk`` 2.8 ms, and ``np.partition``, 45-53 us on distinct
+    values, slows down on the ties that pruned weights make (470-610 us with half at 0; 19 ms for 1M weights
     with 90% at 0; NumPy 2.4, 2026-11-24).
     """
     flat = values.detach().flatten()
