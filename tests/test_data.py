@@ -1,9 +1,9 @@
 import pytest
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, SequentialSampler, TensorDataset
 
 from hooktrain.data import DigitsDataModule, SyntheticDataModule
-from hooktrain.data.tensors import BatchIndexedTensors
+from hooktrain.data.tensors import BatchIndexedTensors, EpochShuffle, WholeBatches
 from hooktrain.errors import HooktrainError
 
 
@@ -89,3 +89,22 @@ def test_a_distributed_sampler_swapped_in_keeps_whole_batch_indexing(monkeypatch
         shards.append(torch.cat([y for _, y in _update_dataloader(data.train_dataloader(), sampler)]))
     assert len(shards[0]) == len(shards[1]) == 629  # 1257 samples, one padded
     assert torch.cat(shards).bincount().sum() == 1258
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_whole_batches_are_the_batches_of_torchs_batch_sampler(drop_last):
+    """Lightning and Fabric rebuild a BatchSampler with its own ``drop_last``: it must mean what it means in torch."""
+    sampler = SequentialSampler(range(10))
+    assert [batch.tolist() for batch in WholeBatches(sampler, 4, drop_last)] == list(BatchSampler(sampler, 4, drop_last))
+
+
+def test_each_epoch_draws_its_own_order_and_a_resumed_epoch_draws_it_again():
+    data = TensorDataset(torch.arange(100))
+    sampler = EpochShuffle(data, seed=3)
+    orders = []
+    for epoch in (0, 1, 1):
+        sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+    resumed = EpochShuffle(data, seed=3)  # a new process, resuming at epoch 1
+    resumed.set_epoch(1)
+    assert orders[0] != orders[1] == orders[2] == list(resumed)

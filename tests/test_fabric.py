@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from lightning.fabric.plugins import MixedPrecision
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import Tensor
 
 from conftest import ON_CPU_AND_CUDA, every_plugin, run_cli
 from hooktrain import HooktrainError, train
@@ -36,14 +37,15 @@ def assert_same_tensors(a: dict, b: dict, skip: tuple[str, ...] = ()) -> None:
 
 @pytest.mark.slow
 def test_both_engines_train_the_same_model_bit_for_bit_and_log_the_same(make_cfg, tmp_path):
-    """LeNet (no dropout, so no random stream to line up) with every plugin, clipping and accumulation."""
-    settings = ["model=lenet", *every_plugin(), "trainer.gradient_clip_val=0.05", "trainer.accumulate_grad_batches=2"]
+    """LeNet (no dropout, so no random stream to line up) with every plugin, clipping and accumulation: 4 batches
+    make a step of 3 and one of the epoch's last batch alone, as the Trainer steps it."""
+    settings = ["model=lenet", *every_plugin(), "trainer.gradient_clip_val=0.05", "trainer.accumulate_grad_batches=3"]
     trainer_metrics = train(make_cfg(*settings, f"paths.output_dir={tmp_path / 'trainer'}"))
     fabric_metrics = train(make_cfg(*settings, "trainer=fabric", f"paths.output_dir={tmp_path / 'fabric'}"))
 
     assert fabric_metrics == trainer_metrics
     checkpoints = {engine: torch.load(tmp_path / engine / "checkpoints" / "last.ckpt", weights_only=True) for engine in ("trainer", "fabric")}
-    assert checkpoints["fabric"]["global_step"] == checkpoints["trainer"]["global_step"] == 2  # 4 batches, 2 per step
+    assert checkpoints["fabric"]["global_step"] == checkpoints["trainer"]["global_step"] == 2
     assert_same_tensors(checkpoints["trainer"]["state_dict"], checkpoints["fabric"]["state_dict"], skip=NOT_REPRODUCIBLE)
     assert checkpoints["fabric"]["lr_schedulers"] == checkpoints["trainer"]["lr_schedulers"]
     exported = {engine: torch.load(tmp_path / engine / "model.pt", weights_only=True) for engine in ("trainer", "fabric")}
@@ -79,6 +81,42 @@ def test_a_resumed_run_equals_a_straight_one_bit_for_bit(make_cfg, tmp_path, dev
     for a, b in zip(straight["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
         assert_same_tensors(a, b)
     assert resumed["best_scores"] == straight["best_scores"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_best_ckpt_keeps_the_best_monitored_epoch_across_a_resume(make_cfg, tmp_path):
+    """Monitoring the *highest* training loss makes the first epoch the best one (the loss falls): a later epoch in
+    best.ckpt means a comparison turned around, or a best score forgotten on resume."""
+
+    def run(out, *extra):
+        train(make_cfg(
+            "trainer=fabric", "model=mlp", "task.scheduler.T_max=3", "callbacks.model_checkpoint.monitor=train/loss",
+            "callbacks.model_checkpoint.mode=max", f"paths.output_dir={out}", *extra,
+        ))
+        return {name: torch.load(out / "checkpoints" / f"{name}.ckpt", weights_only=True) for name in ("best", "last")}
+
+    straight = run(tmp_path / "straight", "trainer.max_epochs=3")
+    run(tmp_path / "resumed", "trainer.max_epochs=1")
+    resumed = run(tmp_path / "resumed", "trainer.max_epochs=3", f"ckpt_path={tmp_path / 'resumed' / 'checkpoints' / 'last.ckpt'}")
+    for checkpoints in (straight, resumed):
+        assert (checkpoints["best"]["epoch"], checkpoints["last"]["epoch"]) == (1, 3)
+    assert resumed["last"]["best_scores"] == straight["last"]["best_scores"]
+
+
+@pytest.mark.parametrize("engine", ["trainer=cpu", "trainer=fabric"])
+def test_each_epoch_trains_on_a_new_order_of_the_batches(make_cfg, monkeypatch, engine):
+    seen: list[Tensor] = []
+
+    def recording_loss(task, logits, targets):
+        if task.training:
+            seen.append(targets.clone())
+        return F.cross_entropy(logits, targets)
+
+    monkeypatch.setattr(ClassifierTask, "loss", recording_loss)
+    train(make_cfg(engine, "model=mlp", "trainer.max_epochs=2", "task.scheduler.T_max=2"))
+    assert len(seen) == 8  # 4 batches an epoch
+    assert not torch.equal(torch.cat(seen[:4]), torch.cat(seen[4:]))
 
 
 @pytest.mark.parametrize(

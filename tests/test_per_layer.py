@@ -26,6 +26,11 @@ def test_init_rules_apply_in_order_by_type_and_glob():
     assert torch.equal(model.features.conv2.weight, before)  # no rule selected it
 
 
+def test_init_args_without_a_weight_scheme_are_refused_not_ignored():
+    with pytest.raises(HooktrainError, match=r"`init\[0\].args` are the `weight` scheme's arguments; set `init\[0\].weight`"):
+        initialize(LeNet(), [{"types": ["Linear"], "bias": "zeros", "args": {"nonlinearity": "relu"}}])
+
+
 def test_init_from_the_command_line_reaches_the_model(make_cfg):
     run = build_run(make_cfg("init=[{types:[Linear],weight:ones,bias:zeros}]"))
     assert (run.task.model.classifier.fc2.weight == 1).all() and (run.task.model.classifier.fc2.bias == 0).all()

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from conftest import ROOT, run_cli
+from hooktrain.errors import HooktrainError
+from hooktrain.rundir import run_directory
 
 LONG = ["train.py", "model=mlp", "trainer.max_epochs=40", "trainer.enable_progress_bar=false"]
 
@@ -49,6 +51,30 @@ def test_one_run_per_directory(tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (tmp_path / "model.pt").is_file()
+
+
+def test_a_finished_runs_outputs_are_kept_unless_this_run_resumes_from_them(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"")  # a run without checkpoints leaves its model.pt alone
+    with pytest.raises(HooktrainError, match="holds an earlier run's model.pt; resume it with ckpt_path="):
+        with run_directory(tmp_path, None):
+            pass
+    with pytest.raises(HooktrainError, match="holds an earlier run's model.pt"):
+        with run_directory(tmp_path, str(tmp_path.parent / "elsewhere" / "last.ckpt")):
+            pass
+    for resuming_from in ("last", "best", str(tmp_path / "checkpoints" / "last.ckpt")):  # Lightning's names, or a path in it
+        with run_directory(tmp_path, resuming_from):
+            pass
+
+
+def test_the_other_ranks_of_a_run_share_its_directory(tmp_path, monkeypatch):
+    with run_directory(tmp_path, None):  # rank 0 holds the lock
+        monkeypatch.setenv("LOCAL_RANK", "1")
+        with run_directory(tmp_path, None):
+            pass
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        with pytest.raises(HooktrainError, match="is in use by process"):
+            with run_directory(tmp_path, None):
+                pass
 
 
 KILL_IN_THIRD_SAVE = """

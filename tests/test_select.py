@@ -41,3 +41,12 @@ def test_a_plugins_default_types_choose_when_the_config_names_nothing_and_fall_b
     assert _names(select_modules(LeNet(), ["features.*"], [], "p", default_types=("ReLU",)))[0] == "features.conv1"  # the user's choice wins
     no_activation_module = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
     assert _names(select_modules(no_activation_module, [], [], "p", default_types=("ReLU",))) == ["0", "1"]
+
+
+def test_a_shared_module_matches_by_either_of_its_names_and_is_listed_once_under_its_first():
+    shared = nn.Linear(2, 2)
+    model = nn.Module()
+    model.encoder, model.decoder, model.head = shared, shared, nn.Linear(2, 1)  # weight tying: one module, two names
+    for pattern in ("encoder", "decoder"):
+        assert select_modules(model, [pattern], [], "p") == [("encoder", shared)]
+    assert _names(select_modules(model, ["*"], [], "p")) == ["encoder", "head"]
