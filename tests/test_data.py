@@ -1,10 +1,14 @@
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, SequentialSampler, TensorDataset
 
+from hooktrain import train
 from hooktrain.data import DigitsDataModule, SyntheticDataModule
 from hooktrain.data.tensors import BatchIndexedTensors, EpochShuffle, WholeBatches
 from hooktrain.errors import HooktrainError
+from hooktrain.task import ClassifierTask
 
 
 def _indices_of(data, split):
@@ -108,3 +112,30 @@ def test_each_epoch_draws_its_own_order_and_a_resumed_epoch_draws_it_again():
     resumed = EpochShuffle(data, seed=3)  # a new process, resuming at epoch 1
     resumed.set_epoch(1)
     assert orders[0] != orders[1] == orders[2] == list(resumed)
+
+
+@pytest.fixture
+def trained_targets(monkeypatch) -> list[Tensor]:
+    """The targets of every training batch, in the order a fit trains on them (both engines call ``ClassifierTask.loss``)."""
+    seen: list[Tensor] = []
+
+    def recording_loss(task, logits, targets):
+        if task.training:
+            seen.append(targets.clone())
+        return F.cross_entropy(logits, targets)
+
+    monkeypatch.setattr(ClassifierTask, "loss", recording_loss)
+    return seen
+
+
+@pytest.mark.parametrize("engine", ["trainer=cpu", "trainer=fabric"])
+def test_each_epoch_trains_on_a_new_order_of_the_batches(make_cfg, trained_targets, engine):
+    train(make_cfg(engine, "model=mlp", "trainer.max_epochs=2", "task.scheduler.T_max=2"))
+    assert len(trained_targets) == 8  # 4 batches an epoch
+    assert not torch.equal(torch.cat(trained_targets[:4]), torch.cat(trained_targets[4:]))
+
+
+def test_overfit_batches_trains_on_the_same_batches_every_epoch(make_cfg, trained_targets):
+    train(make_cfg("model=mlp", "trainer.overfit_batches=2", "trainer.max_epochs=2", "task.scheduler.T_max=2"))
+    assert len(trained_targets) == 4
+    assert torch.equal(torch.cat(trained_targets[:2]), torch.cat(trained_targets[2:]))

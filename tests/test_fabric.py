@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from lightning.fabric.plugins import MixedPrecision
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch import Tensor
 
 from conftest import ON_CPU_AND_CUDA, every_plugin, run_cli
 from hooktrain import HooktrainError, train
@@ -102,21 +101,6 @@ def test_best_ckpt_keeps_the_best_monitored_epoch_across_a_resume(make_cfg, tmp_
     for checkpoints in (straight, resumed):
         assert (checkpoints["best"]["epoch"], checkpoints["last"]["epoch"]) == (1, 3)
     assert resumed["last"]["best_scores"] == straight["last"]["best_scores"]
-
-
-@pytest.mark.parametrize("engine", ["trainer=cpu", "trainer=fabric"])
-def test_each_epoch_trains_on_a_new_order_of_the_batches(make_cfg, monkeypatch, engine):
-    seen: list[Tensor] = []
-
-    def recording_loss(task, logits, targets):
-        if task.training:
-            seen.append(targets.clone())
-        return F.cross_entropy(logits, targets)
-
-    monkeypatch.setattr(ClassifierTask, "loss", recording_loss)
-    train(make_cfg(engine, "model=mlp", "trainer.max_epochs=2", "task.scheduler.T_max=2"))
-    assert len(seen) == 8  # 4 batches an epoch
-    assert not torch.equal(torch.cat(seen[:4]), torch.cat(seen[4:]))
 
 
 @pytest.mark.parametrize(
