@@ -4,13 +4,16 @@ import hashlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
+from torch import nn
 
 from conftest import FAST, ROOT, run_cli
-from hooktrain import HooktrainError, train
+from hooktrain import HookSession, HooktrainError, train
 from hooktrain.analyze import analyze, load_weights
 from hooktrain.models import LeNet
+from plugins.activation_cache import ActivationCache
 
 MODULES = ["features.conv1", "features.conv2", "classifier.fc1", "classifier.fc2", "classifier.fc3"]  # LeNet's selection
 
@@ -112,6 +115,37 @@ def test_training_snapshots_every_n_steps(make_cfg, tmp_path):
     assert snapshots == ["step_0.safetensors", "step_2.safetensors"]  # 4 steps
     step = load_file(tmp_path / "activations" / "step_2.safetensors")
     assert set(step) == {"fc1", "labels"} and step["fc1"].shape == (32, 128) and len(step["labels"]) == 32
+
+
+def test_in_a_plain_loop_a_batch_is_a_step_a_shared_module_keeps_its_first_call_and_gradients_are_true(tmp_path):
+    """No engine marks the batches here: each step is one. Under a GradScaler the kept gradients are the unscaled ones."""
+    torch.manual_seed(0)
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.Tanh(), shared, nn.Linear(4, 2))  # "0" runs twice a batch
+    plugin = ActivationCache(name="activation_cache", phases=["train"], grads=True, max_samples=3, targets=["0", "3"])
+    x, y = torch.randn(3, 4), torch.tensor([0, 1, 1])
+    with HookSession(model, [plugin]) as session:
+        session.info.output_dir = tmp_path
+        for step, scaler in enumerate((None, torch.amp.GradScaler("cpu", init_scale=2.0**10))):
+            with session.step(step):
+                session.info.scaler = scaler
+                loss = F.cross_entropy(model(x), y)
+                (scaler.scale(loss) if scaler else loss).backward()
+    first = shared(x).detach()
+    unscaled, scaled = (load_file(tmp_path / "activations" / f"step_{step}.safetensors") for step in (0, 1))
+    for kept in (unscaled, scaled):
+        assert {key: tuple(value.shape) for key, value in kept.items()} == {"0": (3, 4), "0.grad": (3, 4), "3": (3, 2), "3.grad": (3, 2)}
+        torch.testing.assert_close(kept["0"], first)
+    torch.testing.assert_close(scaled["3.grad"], unscaled["3.grad"])
+
+
+def test_the_size_check_counts_the_gradients_too(tmp_path):
+    plugin = ActivationCache(name="activation_cache", phases=["train"], grads=True, max_samples=10, max_bytes=10 * 4 * 4 + 1)
+    with HookSession(nn.Sequential(nn.Linear(4, 4)), [plugin]) as session:  # outputs alone: 160 bytes
+        session.info.output_dir = tmp_path
+        with pytest.raises(HooktrainError, match=r"needs at least 320 bytes \(module '0': 32 per sample\), over max_bytes=161"):
+            with session.step(0):
+                session.model(torch.randn(10, 4))
 
 
 @pytest.mark.slow
