@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from conftest import FAST, ROOT, run_cli
@@ -14,6 +14,7 @@ from hooktrain import HookSession, HooktrainError, train
 from hooktrain.analyze import analyze, load_weights
 from hooktrain.models import LeNet
 from plugins.activation_cache import ActivationCache
+from plugins.patch import Patch
 
 MODULES = ["features.conv1", "features.conv2", "classifier.fc1", "classifier.fc2", "classifier.fc3"]  # LeNet's selection
 
@@ -146,6 +147,21 @@ def test_the_size_check_counts_the_gradients_too(tmp_path):
         with pytest.raises(HooktrainError, match=r"needs at least 320 bytes \(module '0': 32 per sample\), over max_bytes=161"):
             with session.step(0):
                 session.model(torch.randn(10, 4))
+
+
+def test_patch_finds_each_sample_by_its_position_whatever_the_order_of_the_file(tmp_path):
+    stored = torch.arange(6.0).reshape(3, 2)
+    save_file({"0": stored, "inputs_index": torch.tensor([3, 0, 2])}, str(tmp_path / "cache.safetensors"))  # no sample 1
+    plugin = Patch(name="patch", file=str(tmp_path / "cache.safetensors"), targets=["0"], phases=["train"])
+    model = nn.Sequential(nn.Linear(2, 2))
+    with HookSession(model, [plugin]) as session:
+        with session.step(0):
+            session.info.sample_index = torch.tensor([0, 2, 3])
+            assert torch.equal(model(torch.zeros(3, 2)), stored[[1, 2, 0]])
+        with pytest.raises(HooktrainError, match=r"cache.safetensors' lacks some samples of this batch; cache the whole split"):
+            with session.step(1):
+                session.info.sample_index = torch.tensor([1])
+                model(torch.zeros(1, 2))
 
 
 @pytest.mark.slow

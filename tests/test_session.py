@@ -13,12 +13,13 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 import hooktrain.session as session_module
-from hooktrain import HookCallback, HookPlugin, HookSession, HooktrainError, PluginHookError, Writer
+from hooktrain import CSVWriter, HookCallback, HookPlugin, HookSession, HooktrainError, PluginHookError, Writer
 from hooktrain.data import SyntheticDataModule
 from hooktrain.models import MLP
 from hooktrain.plugin import HookContext, StepInfo
 from hooktrain.stats import StepStats, absmax
 from hooktrain.task import ClassifierTask
+from hooktrain.testing import identical
 
 HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
 
@@ -485,8 +486,6 @@ def test_any_lightning_module_keeps_plugin_state_across_a_resume_with_other_plug
 def test_a_plain_loop_writes_csv_rows_and_an_evaluation_phase(tmp_path):
     import csv
 
-    from hooktrain import CSVWriter
-
     torch.manual_seed(0)
     model = MLP(in_features=16, hidden_sizes=[8], num_classes=3)
     plugin = StepRecorder(name="rec", every_n_steps=2, targets=["head"], phases=["train", "test"])
@@ -712,3 +711,71 @@ def test_an_evaluation_phase_writes_its_histograms_whatever_the_last_training_st
             model(torch.randn(5, 4))
             model(torch.randn(5, 4))
     assert Captured.tags == [("watch/hist/validate/output/head", 1, 20.0)]  # both batches: 2 x 5 x 2 values
+
+
+class Counting(HookPlugin):
+    """Counts its forward calls in a step's statistics, and keeps what its update received (test only)."""
+
+    def forward(self, ctx, module, args, output):
+        ctx.record("calls", torch.ones(()), reduce="sum")
+
+    def update(self, state, stats):
+        self.received = stats["calls"].tolist()
+        return {}
+
+
+def test_the_micro_batches_of_one_optimizer_step_reach_update_together():
+    """Under gradient accumulation an engine starts the same step once per micro-batch."""
+    model, plugin = MLP(in_features=4, hidden_sizes=[3], num_classes=2), Counting(name="c", targets=["head"])
+    with HookSession(model, [plugin]) as session:
+        for _ in range(3):
+            session.start_step(0)
+            model(torch.randn(2, 4)).sum().backward()
+        session.finish_step()
+    assert plugin.received == [3.0]
+
+
+def test_after_an_evaluation_phase_its_plugins_leave_the_model_alone():
+    model, plugin = MLP(in_features=4, hidden_sizes=[3], num_classes=2), StepRecorder(name="v", targets=["head"], phases=["validate"])
+    with HookSession(model, [plugin]) as session:
+        with session.evaluating("validate"):
+            model(torch.randn(2, 4))
+        model(torch.randn(2, 4))  # outside any step or phase
+        assert len(plugin.calls) == 1 and hook_count(model) == 0
+        with pytest.raises(HooktrainError, match=r"phase must be one of \['validate', 'test', 'predict', 'analyze'\], got 'eval'"):
+            session.start_phase("eval")
+
+
+def test_a_session_whose_writers_show_no_image_draws_nothing(tmp_path):
+    class DrawingFails(Levels):
+        def draw(self, state):
+            raise AssertionError("drawn for writers that show no image")
+
+    model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)
+    with HookSession(model, [DrawingFails(name="d")], writers=[CSVWriter(tmp_path / "stats.csv")]) as session, session.step(0):
+        model(torch.randn(2, 4))
+    session.draw(final=True)
+    assert "watch/d/level/head" in (tmp_path / "stats.csv").read_text()  # the step was written
+
+
+def test_an_evaluation_phase_leaves_the_layer_pictures_history_alone():
+    model, plugin = MLP(in_features=4, hidden_sizes=[3], num_classes=2), Levels(name="l", phases=["train", "validate"])
+    with HookSession(model, [plugin], writers=[RecordingWriter()]) as session:
+        with session.step(0):
+            model(torch.randn(2, 4))
+        history = {key: value.clone() for key, value in session.state["l"].state_dict().items()}
+        with session.evaluating("validate"):
+            model(torch.randn(2, 4))
+        for key, value in session.state["l"].state_dict().items():
+            assert identical(value, history[key]), key
+
+
+def test_only_plugins_that_change_the_tested_forward_are_named_as_missing_from_model_pt():
+    class Steering(HookPlugin):
+        changes_forward = True
+
+    model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)
+    plugins = [Steering(name="in_training", phases=["train"]), Steering(name="in_the_test"), Counting(name="observer")]  # steering: every phase by default
+    with HookSession(model, plugins) as session:
+        weights, not_in_weights = session.export_state_dict()
+    assert not_in_weights == ["in_the_test"] and weights.keys() == model.state_dict().keys()
