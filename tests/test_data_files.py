@@ -106,6 +106,8 @@ def test_image_folders_become_classes_in_sorted_order(tmp_path):
     images, labels = data.load()
     assert images.shape == (24, 3, 16, 16) and labels.tolist() == [0] * 8 + [1] * 8 + [2] * 8
     assert images[labels == 2].mean() > images[labels == 0].mean()  # the brightness each class was written with
+    (tmp_path / "shapes" / ".ipynb_checkpoints").mkdir()  # a hidden folder is no class
+    assert ImageFolderDataModule(str(tmp_path / "shapes")).classes == ["circle", "square", "triangle"]
     (tmp_path / "shapes" / "square" / "broken.png").write_text("not an image")
     with pytest.raises(HooktrainError, match=r"cannot read .*broken.png as an image"):
         data.load()
@@ -136,3 +138,6 @@ def test_tensor_files_with_other_keys_or_shapes_are_refused_by_name(tmp_path):
     torch.save({"images": torch.zeros(4, 8, 8), "labels": torch.zeros(4)}, tmp_path / "float_labels.pt")
     with pytest.raises(HooktrainError, match="N integer labels"):
         TensorFileDataModule(str(tmp_path / "float_labels.pt"))
+    torch.save({"images": torch.zeros(4, 8, 8), "labels": torch.tensor([0, 1, -1, 0])}, tmp_path / "negative.pt")
+    with pytest.raises(HooktrainError, match=r"negative.pt has negative labels; labels are 0 to num_classes - 1"):
+        TensorFileDataModule(str(tmp_path / "negative.pt"))
