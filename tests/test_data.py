@@ -130,12 +130,12 @@ def trained_targets(monkeypatch) -> list[Tensor]:
 
 @pytest.mark.parametrize("engine", ["trainer=cpu", "trainer=fabric"])
 def test_each_epoch_trains_on_a_new_order_of_the_batches(make_cfg, trained_targets, engine):
-    train(make_cfg(engine, "model=mlp", "trainer.max_epochs=2", "task.scheduler.T_max=2"))
+    train(make_cfg(engine, "model=mlp", "trainer.max_epochs=2"))
     assert len(trained_targets) == 8  # 4 batches an epoch
     assert not torch.equal(torch.cat(trained_targets[:4]), torch.cat(trained_targets[4:]))
 
 
 def test_overfit_batches_trains_on_the_same_batches_every_epoch(make_cfg, trained_targets):
-    train(make_cfg("model=mlp", "trainer.overfit_batches=2", "trainer.max_epochs=2", "task.scheduler.T_max=2"))
+    train(make_cfg("model=mlp", "trainer.overfit_batches=2", "trainer.max_epochs=2"))
     assert len(trained_targets) == 4
     assert torch.equal(torch.cat(trained_targets[:2]), torch.cat(trained_targets[2:]))
