@@ -292,12 +292,15 @@ def test_test_metrics_are_logged_once_at_the_last_step_and_hparams_name_the_run(
     assert session.hparams["lr"].number_value == pytest.approx(0.002)
 
 
-def test_run_settings_add_every_command_line_override_up_to_25(make_cfg):
+def test_run_settings_are_plain_values_with_every_command_line_override_up_to_25(make_cfg):
     from hooktrain.hparams import run_settings
 
     settings = run_settings(make_cfg(), ["model=mlp", "task.optimizer.lr=0.01", "hydra.run.dir=x", *[f"+extra{i}=1" for i in range(30)]])
     assert settings["model"] == "LeNet" and settings["task.optimizer.lr"] == "0.01" and "hydra.run.dir" not in settings
     assert len(settings) == 25
+    unscheduled = run_settings(make_cfg("task.scheduler=null"), ["task.scheduler=null", "+layers=[8,8]"])
+    assert unscheduled["scheduler"] == "None" and unscheduled["layers"] == "[8,8]"
+    assert all(isinstance(value, (int, float, str, bool)) for value in unscheduled.values())  # what TensorBoard's HParams take
 
 
 def test_the_hparams_tab_shows_the_command_lines_changes_then_model_plugins_optimizer_lr(make_cfg):
