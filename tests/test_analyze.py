@@ -40,6 +40,14 @@ def digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_a_models_test_figures_are_those_of_its_own_run_dropout_and_all(make_cfg, tmp_path):
+    """The MLP has dropout: analyze must run the model in eval mode, as the Trainer tests it."""
+    tested = train(make_cfg("model=mlp", "trainer.limit_test_batches=null", f"paths.output_dir={tmp_path / 'run'}"))
+    analyzed = run_analyze(tmp_path / "analyze", "model=mlp", f"ckpt_path={tmp_path / 'run' / 'model.pt'}")
+    assert analyzed["test/acc"] == pytest.approx(tested["test/acc"], abs=1e-6)
+    assert analyzed["test/loss"] == pytest.approx(tested["test/loss"], rel=1e-5)
+
+
 @pytest.mark.parametrize("checkpoint", ["checkpoints/best.ckpt", "model.pt"])
 def test_activations_of_the_test_split_land_in_a_safetensors_file(trained, tmp_path, checkpoint, capsys):
     before = digest(trained / checkpoint)
