@@ -414,10 +414,10 @@ class PhaseRecorder(StepRecorder):
         return {}
 
 
-def fit_with_validation(plugins, tmp_path):
+def fit_with_validation(plugins, tmp_path, num_sanity_val_steps=0):
     task = ClassifierTask(MLP(in_features=16, hidden_sizes=[8], num_classes=3), optimizer=partial(torch.optim.SGD, lr=0.1))
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=2, limit_train_batches=3, limit_val_batches=2, num_sanity_val_steps=0,
+        accelerator="cpu", max_epochs=2, limit_train_batches=3, limit_val_batches=2, num_sanity_val_steps=num_sanity_val_steps,
         logger=pl.loggers.TensorBoardLogger(tmp_path, name="", version=""), enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[HookCallback(plugins)],
     )
@@ -779,3 +779,36 @@ def test_only_plugins_that_change_the_tested_forward_are_named_as_missing_from_m
     with HookSession(model, plugins) as session:
         weights, not_in_weights = session.export_state_dict()
     assert not_in_weights == ["in_the_test"] and weights.keys() == model.state_dict().keys()
+
+
+def test_the_sanity_check_writes_no_evaluation_statistics(tmp_path):
+    evaluating = PhaseRecorder(name="evaluating", targets=["head"], phases=["validate"])
+    events = fit_with_validation([evaluating], tmp_path, num_sanity_val_steps=2)
+    assert {step for step, _ in evaluating.calls} == {0, 2, 5}  # it ran in the sanity check too
+    assert [e.step for e in events.Scalars("watch/evaluating/validate/output_mean/head")] == [2, 5]
+
+
+class FailsAtStep(HookPlugin):
+    def update(self, state, stats):
+        if self.info.step == self.failing_step:
+            raise RuntimeError("broken on purpose")
+        return {}
+
+
+@pytest.mark.parametrize("failing_step", [None, 4])
+def test_the_trainer_draws_pictures_at_epoch_ends_and_none_after_a_failure(monkeypatch, tmp_path, failing_step):
+    readings = iter(range(0, 10**6, 100))  # the drawing clock: each reading 100 s after the last, so time never holds a drawing back
+    monkeypatch.setattr(session_module, "_clock", lambda: next(readings))
+    failing = FailsAtStep(name="failing")
+    failing.failing_step = failing_step
+    plugins = [Levels(name="lv", targets=["fc1", "head"], log_every_n_steps=1), failing]
+    if failing_step is None:
+        events = fit_with_validation(plugins, tmp_path)
+    else:
+        with pytest.raises(PluginHookError, match="broken on purpose"):
+            fit_with_validation(plugins, tmp_path)
+        from test_train import read_events
+
+        events = read_events(tmp_path)
+    drawn = [image.step for image in events.Images("watch/lv/by_layer/level")]
+    assert drawn == ([2, 5] if failing_step is None else [2])  # the epochs' ends (steps 0-2, 3-5); after a failure, no last one
