@@ -20,6 +20,7 @@ from hooktrain.plugin import HookContext, StepInfo
 from hooktrain.stats import StepStats, absmax
 from hooktrain.task import ClassifierTask
 from hooktrain.testing import identical
+from test_train import read_events
 
 HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
 
@@ -422,8 +423,6 @@ def fit_with_validation(plugins, tmp_path, num_sanity_val_steps=0):
         enable_progress_bar=False, enable_model_summary=False, callbacks=[HookCallback(plugins)],
     )
     trainer.fit(task, datamodule=SyntheticDataModule(num_samples=256, num_classes=3, image_size=4, batch_size=8))
-    from test_train import read_events
-
     return read_events(tmp_path)
 
 
@@ -752,9 +751,8 @@ def test_a_session_whose_writers_show_no_image_draws_nothing(tmp_path):
             raise AssertionError("drawn for writers that show no image")
 
     model = MLP(in_features=4, hidden_sizes=[3], num_classes=2)
-    with HookSession(model, [DrawingFails(name="d")], writers=[CSVWriter(tmp_path / "stats.csv")]) as session, session.step(0):
+    with HookSession(model, [DrawingFails(name="d")], writers=[CSVWriter(tmp_path / "stats.csv")]) as session, session.step(0):  # closing draws
         model(torch.randn(2, 4))
-    session.draw(final=True)
     assert "watch/d/level/head" in (tmp_path / "stats.csv").read_text()  # the step was written
 
 
@@ -789,6 +787,10 @@ def test_the_sanity_check_writes_no_evaluation_statistics(tmp_path):
 
 
 class FailsAtStep(HookPlugin):
+    def __init__(self, failing_step, **kwargs):
+        super().__init__(**kwargs)
+        self.failing_step = failing_step
+
     def update(self, state, stats):
         if self.info.step == self.failing_step:
             raise RuntimeError("broken on purpose")
@@ -799,16 +801,12 @@ class FailsAtStep(HookPlugin):
 def test_the_trainer_draws_pictures_at_epoch_ends_and_none_after_a_failure(monkeypatch, tmp_path, failing_step):
     readings = iter(range(0, 10**6, 100))  # the drawing clock: each reading 100 s after the last, so time never holds a drawing back
     monkeypatch.setattr(session_module, "_clock", lambda: next(readings))
-    failing = FailsAtStep(name="failing")
-    failing.failing_step = failing_step
-    plugins = [Levels(name="lv", targets=["fc1", "head"], log_every_n_steps=1), failing]
+    plugins = [Levels(name="lv", targets=["fc1", "head"], log_every_n_steps=1), FailsAtStep(failing_step, name="failing")]
     if failing_step is None:
         events = fit_with_validation(plugins, tmp_path)
     else:
         with pytest.raises(PluginHookError, match="broken on purpose"):
             fit_with_validation(plugins, tmp_path)
-        from test_train import read_events
-
         events = read_events(tmp_path)
     drawn = [image.step for image in events.Images("watch/lv/by_layer/level")]
     assert drawn == ([2, 5] if failing_step is None else [2])  # the epochs' ends (steps 0-2, 3-5); after a failure, no last one

@@ -3,6 +3,7 @@ read back through TensorBoard's own checks."""
 
 import os
 
+from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
 from tensorboard.summary.writer import record_writer
 from torch.utils.tensorboard import SummaryWriter
@@ -54,8 +55,6 @@ def test_remote_event_files_keep_tensorboards_writer_thread():
 
 
 def test_a_tensorboard_loggers_prefix_goes_before_every_tag(tmp_path):
-    from lightning.pytorch.loggers import TensorBoardLogger
-
     logger = TensorBoardLogger(tmp_path, name="", version="", prefix="fold1")
     [writer] = writers_for([logger])
     writer.write_scalars({"watch/p/loss": 0.5}, step=3)
